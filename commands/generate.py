@@ -1,0 +1,93 @@
+"""`t2l generate`: task description(s) -> PEFT LoRA adapter folder(s)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from t2lcli import console
+from t2lcli.errors import InputError
+from t2lcli.options import (
+    DTYPE_NAMES,
+    BaseModelOpt,
+    CheckpointOpt,
+    Dtype,
+    ForceOpt,
+    JsonOpt,
+    ProfileOpt,
+    SetOpt,
+    TrustRemoteCodeOpt,
+)
+
+EXAMPLES = """[b]Examples[/b]
+
+  t2l generate "Answer grade-school math word problems step by step." -o out/math
+  t2l generate --from-file tasks.jsonl -o out/ --json          # one adapter per line
+  cat descriptions.txt | t2l generate --from-file - -o out/
+  t2l generate "Classify the sentiment of a review." -o out/sent --preview "I loved it!"
+  t2l generate --checkpoint llama_8b_t2l/ --embedding-file emb.safetensors -o out/x
+"""
+
+
+def generate(
+    description: Annotated[str | None, typer.Argument(help="The task description (omit with --from-file or --embedding-file).")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (batch: parent folder of one folder per item).")] = Path("out"),
+    from_file: Annotated[str | None, typer.Option("--from-file", "-f", help=".txt (one per line) or .jsonl ({description, name}); '-' = stdin.")] = None,
+    embedding_file: Annotated[Path | None, typer.Option("--embedding-file", help="Precomputed normalised embeddings [n, dim] (.safetensors/.npy); bypasses the encoder.")] = None,
+    checkpoint: CheckpointOpt = None,
+    base_model: BaseModelOpt = None,
+    dtype: Annotated[Dtype | None, typer.Option("--dtype", help="dtype of the written tensors (default fp32).")] = None,
+    scale: Annotated[float, typer.Option("--scale", help="Strength multiplier folded into lora_B (recorded in the card).")] = 1.0,
+    scaling: Annotated[str, typer.Option("--scaling", help="rslora (alpha/sqrt(r), as trained; default) or lora (alpha/r, the published vLLM eval).")] = "rslora",
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Descriptions per forward pass (default: profile).")] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Batch: report bad lines and continue instead of stopping.")] = False,
+    preview: Annotated[str | None, typer.Option("--preview", help="Load the base model and print base vs adapted output for this input.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate for --preview.")] = 64,
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+) -> None:
+    """Generate LoRA adapters from task descriptions (no base-model weights are loaded)."""
+    from t2lcli.hardware import load_profile
+
+    sources = [x for x in (description is not None, from_file is not None, embedding_file is not None) if x]
+    if len(sources) != 1:
+        raise InputError("give exactly one of: a DESCRIPTION, --from-file FILE, or --embedding-file FILE", hint="see t2l generate --help")
+    if scale != scale or abs(scale) == float("inf"):
+        raise InputError("--scale must be a finite number")
+    if scaling not in ("rslora", "lora"):
+        raise InputError(f"--scaling must be rslora or lora, got '{scaling}'")
+    if batch_size is not None and batch_size < 1:
+        raise InputError("--batch-size must be at least 1")
+    prof = load_profile(profile, set_)
+
+    from t2lcli.engine.run_generate import GenerateRequest, run_generate
+
+    req = GenerateRequest(
+        description=description, output=output, from_file=from_file, embedding_file=embedding_file, checkpoint=checkpoint,
+        base_model=base_model, dtype=DTYPE_NAMES[(dtype or Dtype.fp32).value], scale=scale, scaling=scaling,
+        batch_size=batch_size or prof.hypernet.batch_size, skip_bad=skip_bad, force=force, trust_remote_code=trust_remote_code,
+    )
+    t0 = time.perf_counter()
+    results = run_generate(req, prof, on_result=(console.emit_json if json_out else _print_result))
+    if preview is not None and results:
+        from t2lcli.engine.preview import preview_adapter
+
+        res = preview_adapter(Path(results[0]["path"]), preview, prof, base_model, max_new_tokens)
+        if json_out:
+            console.emit_json({"preview": res})
+        else:
+            console.emit(f"input:   {preview}\nbase:    {res['base']}\nadapted: {res['adapted']}")
+    console.debug(f"total {time.perf_counter() - t0:.3f}s")
+
+
+def _print_result(result: dict) -> None:
+    console.emit(str(result["path"]))
+
+
+generate.__t2l_examples__ = EXAMPLES  # type: ignore[attr-defined]

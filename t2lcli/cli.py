@@ -1,0 +1,117 @@
+"""The `t2l` command line: a root Typer app, built-in and plugin commands, and the single error boundary.
+
+Importing this module must stay cheap: no torch/transformers/peft/numpy here or in anything it imports.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from t2lcli import __version__
+from t2lcli.console import error, set_verbosity
+
+app = typer.Typer(
+    name="t2l",
+    help="Text-to-LoRA: turn a task description into a LoRA adapter in one forward pass.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
+    add_completion=True,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"t2l {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging on stderr (repeatable).")] = 0,
+) -> None:
+    """Text-to-LoRA: turn a task description into a LoRA adapter in one forward pass.
+
+    Results go to stdout (add --json for machine-readable output); logs and progress go to stderr.
+    Set T2L_DEBUG=1 to see tracebacks.
+    """
+    set_verbosity(verbose)
+
+
+def _register() -> None:
+    from t2lcli.plugins import register_all
+
+    register_all(app)
+
+
+_register()
+
+
+def _known_message(exc: BaseException) -> tuple[str, str | None] | None:
+    """Map an exception to (message, hint) if it is one a user should see without a traceback."""
+    from t2lcli.errors import T2LError
+
+    if isinstance(exc, T2LError):
+        return exc.message, exc.hint
+    if isinstance(exc, FileNotFoundError):
+        return f"file not found: {exc.filename or exc}", "check the path"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or exc}", "choose a writable location"
+    if isinstance(exc, OSError) and exc.errno == 28:
+        return "no space left on device; nothing partial was kept", "free some disk space and retry"
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return "out of GPU memory", "use a smaller profile (e.g. --profile gpu-16gb) or a smaller --set base.batch_size"
+    if isinstance(exc, MemoryError):
+        return "out of memory", "use smaller batches or a smaller model"
+    return None
+
+
+def main() -> None:
+    """Console-script entry point: run the app inside the one error boundary."""
+    try:
+        rv = app(standalone_mode=False)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        sys.exit(1)
+    except Exception as exc:
+        usage = _usage_error(exc)
+        if usage is not None:
+            sys.exit(usage)
+        known = _known_message(exc)
+        if known is None or os.environ.get("T2L_DEBUG"):
+            raise
+        message, hint = known
+        error(message, hint)
+        if hint is None or "T2L_DEBUG" not in hint:
+            sys.stderr.write("(set T2L_DEBUG=1 for the traceback)\n")
+        sys.exit(getattr(exc, "exit_code", 1) or 1)
+    else:
+        sys.exit(0)
+
+
+def _usage_error(exc: BaseException) -> int | None:
+    """Typer's vendored click usage errors: print them like click does and return exit code 2."""
+    show = getattr(exc, "show", None)
+    code = getattr(exc, "exit_code", None)
+    if callable(show) and isinstance(code, int) and type(exc).__module__.startswith("typer"):
+        show()
+        return code
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""T2L checkpoints: the native folder format (`t2l_config.json` + `hypernet.safetensors`) and dispatch to the
+official SakanaAI format (`hypermod.pt` + `args.yaml` + `adapter_config.json`, see `official.py`).
+
+Loading is strict and shape-checked; every problem is reported at once. Saving is atomic.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from t2lcli import __version__
+from t2lcli.engine.adapters import tensors_sha256
+from t2lcli.engine.atomic import atomic_dir
+from t2lcli.engine.base_model import ModelShape
+from t2lcli.engine.encoder import EncoderSpec
+from t2lcli.engine.hypernet import HyperLoRA, HyperNetConfig
+from t2lcli.errors import CheckpointError, format_problems
+
+FORMAT = "t2l-checkpoint"
+FORMAT_VERSION = 1
+CONFIG_NAME = "t2l_config.json"
+WEIGHTS_NAME = "hypernet.safetensors"
+SHIPPED = {"default": "default"}
+
+
+@dataclass
+class T2LCheckpoint:
+    """A loaded hypernetwork with everything needed to embed descriptions and write adapters."""
+
+    hypernet: HyperLoRA
+    encoder: EncoderSpec
+    base_model: str
+    shape: ModelShape
+    path: Path | None = None
+    sha256: str = ""
+    format: str = "native"
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> HyperNetConfig:
+        return self.hypernet.config
+
+    def describe(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "path": str(self.path) if self.path else None,
+            "format": self.format,
+            "variant": c.variant,
+            "parameters": self.hypernet.n_params(),
+            "latent": c.latent,
+            "head_in": c.head_in,
+            "r": c.r,
+            "lora_alpha": c.lora_alpha,
+            "use_rslora": c.use_rslora,
+            "scaling": c.scaling,
+            "target_modules": list(c.target_modules),
+            "n_layers": c.n_layers,
+            "module_dims": c.module_dims,
+            "base_model": self.base_model,
+            "encoder": self.encoder.to_dict(),
+            "sha256": self.sha256,
+            "provenance": self.provenance,
+        }
+
+
+def shipped_dir(name: str) -> Path:
+    return Path(__file__).resolve().parent.parent / "checkpoints" / SHIPPED[name]
+
+
+def resolve_checkpoint(spec: str | None) -> Path:
+    """A registry name ('default'), a local folder, or a hub path `owner/repo/sub/folder`."""
+    spec = spec or "default"
+    if spec in SHIPPED:
+        path = shipped_dir(spec)
+        if not (path / CONFIG_NAME).is_file():
+            raise CheckpointError(
+                "no default checkpoint is shipped in this build of t2l",
+                hint="pass --checkpoint PATH (a native t2l folder or an official SakanaAI folder)",
+            )
+        return path
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"checkpoint must be a folder, got a file: {path}")
+        return path
+    if not spec.startswith((".", "/", "~")) and spec.count("/") >= 2:
+        from t2lcli.engine.base_model import hub_snapshot
+
+        owner, repo, sub = spec.split("/", 2)
+        snap = hub_snapshot(f"{owner}/{repo}", allow_patterns=[f"{sub}/*"])
+        if not (snap / sub).is_dir():
+            raise CheckpointError(f"{sub} not found in {owner}/{repo}")
+        return snap / sub
+    raise CheckpointError(f"checkpoint not found: {spec}", hint="pass a folder with t2l_config.json or hypermod.pt")
+
+
+def load_checkpoint(spec: str | Path | None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> T2LCheckpoint:
+    """Load a native or official checkpoint (detected from the files present).
+
+    Raises:
+        CheckpointError: missing/corrupt files, unknown format, shape or key mismatches (all listed).
+    """
+    path = resolve_checkpoint(str(spec) if spec is not None else None)
+    if (path / CONFIG_NAME).is_file():
+        ckpt = _load_native(path)
+    elif (path / "hypermod.pt").is_file():
+        from t2lcli.engine.official import load_official
+
+        ckpt = load_official(path)
+    else:
+        raise CheckpointError(
+            f"{path} is not a T2L checkpoint (no {CONFIG_NAME} and no hypermod.pt)",
+            hint="a native folder has t2l_config.json + hypernet.safetensors; an official one hypermod.pt + args.yaml",
+        )
+    ckpt.hypernet.to(device=device, dtype=dtype).eval()
+    return ckpt
+
+
+def _load_native(path: Path) -> T2LCheckpoint:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        meta = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise CheckpointError(f"{path / CONFIG_NAME} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path / CONFIG_NAME} is not a t2l checkpoint config (format != {FORMAT})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint format version {meta.get('format_version')} is newer than this t2l supports ({FORMAT_VERSION})",
+            hint="upgrade t2l",
+        )
+    try:
+        cfg = HyperNetConfig.from_dict(meta["hypernet"])
+        enc = EncoderSpec.from_dict(meta["encoder"])
+        shape = ModelShape.from_dict(meta["model_shape"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path / CONFIG_NAME} is incomplete or invalid: {exc}") from None
+    wpath = path / WEIGHTS_NAME
+    if not wpath.is_file():
+        raise CheckpointError(f"missing {wpath}")
+    try:
+        state = load_file(str(wpath))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{wpath} is not a valid safetensors file ({str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
+    net = HyperLoRA(cfg)
+    load_strict(net, state, str(wpath))
+    return T2LCheckpoint(
+        net, enc, str(meta.get("base_model")), shape, path, tensors_sha256(wpath), "native", meta.get("training", {})
+    )
+
+
+def load_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load a state dict, reporting every missing/unexpected key and shape mismatch at once."""
+    expected = net.state_dict()
+    problems = [f"missing key {k}" for k in expected if k not in state]
+    problems += [f"unexpected key {k}" for k in state if k not in expected]
+    problems += [
+        f"{k}: shape {tuple(state[k].shape)} != expected {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems += [f"{k}: contains NaN or Inf" for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if problems:
+        raise CheckpointError(format_problems(f"checkpoint {where} does not match its config", problems[:20]))
+    net.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def save_checkpoint(
+    ckpt: T2LCheckpoint, out_dir: Path | str, force: bool = False, dtype: torch.dtype | None = None, training: dict[str, Any] | None = None
+) -> Path:
+    """Write a native checkpoint folder atomically. All-zero frozen buffers are never written."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in ckpt.hypernet.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "tool_version": __version__,
+        "hypernet": ckpt.config.to_dict(),
+        "encoder": ckpt.encoder.to_dict(),
+        "base_model": ckpt.base_model,
+        "model_shape": ckpt.shape.to_dict(),
+        "target_modules": list(ckpt.config.target_modules),
+        "r": ckpt.config.r,
+        "lora_alpha": ckpt.config.lora_alpha,
+        "scaling": {
+            "kind": "rslora" if ckpt.config.use_rslora else "lora",
+            "value": ckpt.config.scaling,
+            "contract": "generated A/B assume the runtime multiplies B@A by this value",
+        },
+        "weights_dtype": str(next(iter(state.values())).dtype).replace("torch.", ""),
+        "training": training if training is not None else ckpt.provenance,
+    }
+    with atomic_dir(Path(out_dir), force=force) as tmp:
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return Path(out_dir)
+
+
+def build_checkpoint(
+    shape: ModelShape,
+    encoder: EncoderSpec,
+    base_model: str,
+    variant: str = "L",
+    latent: int = 128,
+    head_in: int = 512,
+    r: int = 8,
+    lora_alpha: float = 16.0,
+    seed: int = 0,
+    **kwargs: Any,
+) -> T2LCheckpoint:
+    """A freshly initialised (bias-HyperInit) hypernetwork for a base model's shapes."""
+    torch.manual_seed(seed)
+    cfg = HyperNetConfig(
+        variant=variant,
+        emb_dim=encoder.dim,
+        latent=latent,
+        head_in=head_in,
+        n_layers=shape.n_layers,
+        target_modules=list(shape.modules),
+        module_dims={m: [s.d_in, s.d_out] for m, s in shape.modules.items()},
+        r=r,
+        lora_alpha=lora_alpha,
+        **kwargs,
+    )
+    return T2LCheckpoint(HyperLoRA(cfg), encoder, base_model, shape)

@@ -1,0 +1,147 @@
+"""Text encoders: task descriptions -> fixed-size embeddings (L2-normalised, times sqrt(dim), as T2L does).
+
+Loaded through transformers directly (AutoModel + pooling) rather than `import sentence_transformers`, which
+costs ~7 s of imports on a cold start. Pooling: "mean" (sentence-transformers models such as all-MiniLM-L6-v2),
+"cls" (gte-large-en-v1.5, as the official checkpoints were trained) or "last" (decoder embedders).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from t2lcli.errors import InputError, ModelNotFoundError, T2LError
+
+MAX_DESCRIPTION_CHARS = 20_000
+
+
+@dataclass
+class EncoderSpec:
+    """How to embed descriptions; stored in every checkpoint so generation matches training."""
+
+    model: str = "all-minilm-l6-v2"
+    dim: int = 384
+    pooling: str = "mean"  # mean | cls | last
+    normalize: str = "l2_sqrt_dim"  # l2_sqrt_dim | l2 | none
+    add_full_stop: bool = True
+    max_length: int = 256
+    trust_remote_code: bool = False
+    prefix: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderSpec:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def preprocess(text: str, spec: EncoderSpec) -> str:
+    """Strip; append '.' when the last character is a letter (the reference's rule). Rejects empty text.
+
+    Raises:
+        InputError: empty/whitespace-only or over-long description.
+    """
+    if not isinstance(text, str):
+        raise InputError("a description must be text")
+    s = text.strip()
+    if not s:
+        raise InputError("empty description", hint='describe the task in words, e.g. "solve grade-school math step by step"')
+    if len(s) > MAX_DESCRIPTION_CHARS:
+        raise InputError(
+            f"description is {len(s)} characters; the limit is {MAX_DESCRIPTION_CHARS}",
+            hint="a task description is a sentence or a paragraph, not a document",
+        )
+    s = s.encode("utf-8", "replace").decode("utf-8")  # lone surrogates from bad input become U+FFFD
+    if spec.add_full_stop and s[-1].isalpha():
+        s += "."
+    return spec.prefix + s
+
+
+class TextEncoder:
+    """Embeds descriptions with a transformers encoder. `embed(list[str]) -> [n, dim]` float32."""
+
+    def __init__(self, spec: EncoderSpec, device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        from t2lcli.engine.base_model import resolve_model
+        from t2lcli.models import lookup
+
+        self.spec = spec
+        entry = lookup(spec.model)
+        if (entry is not None and entry.remote_code or spec.trust_remote_code) and not spec.trust_remote_code:
+            raise T2LError(
+                f"the encoder {spec.model} runs code from its repository",
+                hint="pass --trust-remote-code if you trust it",
+            )
+        path = resolve_model(spec.model, kind="encoder")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+            self.model = AutoModel.from_pretrained(str(path), dtype=dtype, trust_remote_code=spec.trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise ModelNotFoundError(f"cannot load encoder from {path}: {str(exc).splitlines()[0]}") from None
+        self.model.to(device).eval()
+        self.device = device
+        self.tokenizer.padding_side = "right" if spec.pooling != "last" else "left"
+        self.truncated = 0
+        hidden = int(getattr(self.model.config, "hidden_size", spec.dim))
+        if hidden != spec.dim:
+            raise T2LError(f"encoder {spec.model} has dimension {hidden}, the checkpoint expects {spec.dim}")
+
+    @torch.no_grad()
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        prepared = [preprocess(t, self.spec) for t in texts]
+        batch = self.tokenizer(prepared, padding=True, truncation=False, return_tensors="pt")
+        if batch["input_ids"].shape[1] > self.spec.max_length:
+            self.truncated += sum(int(m.sum()) > self.spec.max_length for m in batch["attention_mask"])
+            batch = self.tokenizer(prepared, padding=True, truncation=True, max_length=self.spec.max_length, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        hidden = self.model(**batch).last_hidden_state.float()
+        return normalize(pool(hidden, batch["attention_mask"], self.spec.pooling), self.spec.normalize)
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "cls":
+        if not bool(mask[:, 0].all()):
+            raise T2LError("CLS pooling needs right padding")
+        return hidden[:, 0]
+    if how == "last":
+        if not bool(mask[:, -1].all()):
+            raise T2LError("last-token pooling needs left padding")
+        return hidden[:, -1]
+    m = mask.to(hidden.dtype)[..., None]
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def normalize(e: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "none":
+        return e
+    e = torch.nn.functional.normalize(e, dim=-1)
+    return e * math.sqrt(e.shape[-1]) if how == "l2_sqrt_dim" else e
+
+
+def encoder_spec_for(model: str) -> EncoderSpec:
+    """The spec for a known encoder name, or a mean-pooling spec read from a sentence-transformers folder."""
+    low = model.lower()
+    if "gte-large" in low:
+        return EncoderSpec(model, 1024, "cls", "l2_sqrt_dim", True, 8192, True)
+    if "minilm" in low:
+        return EncoderSpec(model, 384, "mean", "l2_sqrt_dim", True, 256)
+    path = Path(model)
+    dim, pooling, max_len = 0, "mean", 512
+    try:
+        dim = int(json.loads((path / "config.json").read_text())["hidden_size"])
+        pconf = path / "1_Pooling" / "config.json"
+        if pconf.is_file() and json.loads(pconf.read_text()).get("pooling_mode_cls_token"):
+            pooling = "cls"
+        st = path / "sentence_bert_config.json"
+        if st.is_file():
+            max_len = int(json.loads(st.read_text()).get("max_seq_length", max_len))
+    except (OSError, ValueError, KeyError):
+        raise ModelNotFoundError(f"cannot read encoder config from {model}", hint="pass a sentence-transformers folder") from None
+    return EncoderSpec(model, dim, pooling, "l2_sqrt_dim", True, max_len)

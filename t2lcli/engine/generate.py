@@ -1,0 +1,192 @@
+"""Generation: descriptions (or precomputed embeddings) -> PEFT adapters, with no base-model weights loaded.
+
+Python API:
+    from t2lcli.engine.generate import Generator
+    gen = Generator.load("path/to/checkpoint")            # once
+    adapters = gen.generate(["classify movie reviews as positive or negative"])
+    gen.save(adapters[0], "out/sentiment")                # PEFT folder
+    handle = gen.apply(model, adapters[0]); ...; handle.remove()   # in memory, no disk round-trip
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from t2lcli.engine.adapters import Adapter, peft_config, save_adapter
+from t2lcli.engine.checkpoint import T2LCheckpoint, load_checkpoint
+from t2lcli.engine.hypernet import lora_state_dict
+from t2lcli.errors import InputError, T2LError
+
+SCALINGS = ("rslora", "lora")
+
+
+@dataclass
+class GenerateOptions:
+    """Knobs of adapter generation."""
+
+    scale: float = 1.0  # strength multiplier folded into lora_B
+    scaling: str = "rslora"  # rslora: alpha/sqrt(r) as trained; lora: alpha/r (the published vLLM-0.5.4 eval)
+    dtype: str = "float32"  # dtype of the written tensors
+
+
+@dataclass
+class Timings:
+    embed_s: float = 0.0
+    forward_s: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Generator:
+    """A loaded checkpoint plus (lazily) its text encoder."""
+
+    def __init__(self, ckpt: T2LCheckpoint, device: str = "cpu", encoder_device: str = "cpu", trust_remote_code: bool = False) -> None:
+        self.ckpt = ckpt
+        self.device = device
+        self.encoder_device = encoder_device
+        self.trust_remote_code = trust_remote_code
+        self._encoder: Any = None
+        self.timings = Timings()
+
+    @classmethod
+    def load(cls, spec: str | Path | None = None, device: str = "cpu", dtype: str = "float32", encoder_device: str = "cpu",
+             trust_remote_code: bool = False) -> Generator:
+        from t2lcli.engine.base_model import resolve_device, torch_dtype
+
+        device = resolve_device(device)
+        return cls(load_checkpoint(spec, device=device, dtype=torch_dtype(dtype)), device, resolve_device(encoder_device), trust_remote_code)
+
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            from dataclasses import replace
+
+            from t2lcli.engine.encoder import TextEncoder
+
+            spec = self.ckpt.encoder
+            if self.trust_remote_code:
+                spec = replace(spec, trust_remote_code=True)
+            self._encoder = TextEncoder(spec, device=self.encoder_device)
+        return self._encoder
+
+    def embed(self, descriptions: list[str]) -> torch.Tensor:
+        t0 = time.perf_counter()
+        e = self.encoder.embed(descriptions)
+        self.timings.embed_s += time.perf_counter() - t0
+        return e
+
+    @torch.no_grad()
+    def factors(self, emb: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Embeddings [n, dim] -> {module: (A [n,L,r,d_in], B [n,L,d_out,r])} in float32 on the CPU."""
+        net = self.ckpt.hypernet
+        if emb.dim() != 2 or emb.shape[1] != net.config.emb_dim:
+            raise InputError(f"embeddings must have shape [n, {net.config.emb_dim}], got {list(emb.shape)}")
+        if not torch.isfinite(emb).all():
+            raise InputError("embeddings contain NaN or Inf")
+        t0 = time.perf_counter()
+        dtype = next(net.parameters()).dtype
+        out = net(emb.to(self.device, dtype))
+        out = {m: (a.float().cpu(), b.float().cpu()) for m, (a, b) in out.items()}
+        self.timings.forward_s += time.perf_counter() - t0
+        return out
+
+    def adapters_from_embeddings(self, emb: torch.Tensor, descriptions: list[str], options: GenerateOptions | None = None) -> list[Adapter]:
+        opts = options or GenerateOptions()
+        if opts.scaling not in SCALINGS:
+            raise InputError(f"unknown scaling '{opts.scaling}'", hint="use rslora or lora")
+        fac = self.factors(emb)
+        paths = {m: s.path for m, s in self.ckpt.shape.modules.items()}
+        c = self.ckpt.config
+        config = peft_config(c.r, c.lora_alpha, list(c.target_modules), self.ckpt.base_model, use_rslora=opts.scaling == "rslora")
+        result = []
+        for i, desc in enumerate(descriptions):
+            tensors = lora_state_dict(paths, fac, i)
+            if opts.scale != 1.0:
+                tensors = {k: (v * opts.scale if ".lora_B." in k else v) for k, v in tensors.items()}
+            meta = {
+                "description": desc,
+                "scale": opts.scale,
+                "scaling": opts.scaling,
+                "checkpoint": str(self.ckpt.path) if self.ckpt.path else None,
+                "checkpoint_sha256": self.ckpt.sha256,
+                "checkpoint_format": self.ckpt.format,
+                "encoder": self.ckpt.encoder.model,
+            }
+            result.append(Adapter(dict(config), tensors, meta))
+        return result
+
+    def generate(self, descriptions: list[str], options: GenerateOptions | None = None) -> list[Adapter]:
+        """One adapter per description."""
+        if not descriptions:
+            return []
+        return self.adapters_from_embeddings(self.embed(descriptions), descriptions, options)
+
+    def save(self, adapter: Adapter, out_dir: Path | str, force: bool = False, dtype: str = "float32") -> Path:
+        from t2lcli.engine.base_model import torch_dtype
+
+        return save_adapter(adapter, out_dir, force=force, dtype=torch_dtype(dtype))
+
+    def apply(self, model: torch.nn.Module, adapter: Adapter) -> Any:
+        """Add the adapter to an already loaded model in memory; returns a handle with `.remove()`."""
+        from t2lcli.engine.lora_hooks import apply_adapter
+
+        return apply_adapter(model, adapter)
+
+
+def load_embeddings(path: Path | str) -> torch.Tensor:
+    """Precomputed, already-normalised description embeddings: safetensors (one tensor) or .npy, shape [n, dim]."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"embedding file not found: {path}")
+    if path.suffix == ".npy":
+        import numpy as np
+
+        try:
+            arr = np.load(str(path), allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise InputError(f"cannot read {path} as .npy: {exc}") from None
+        t = torch.from_numpy(np.ascontiguousarray(arr)).float()
+    else:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise InputError(f"cannot read {path} as safetensors: {exc}") from None
+        if len(tensors) != 1:
+            key = "embedding" if "embedding" in tensors else None
+            if key is None:
+                raise InputError(f"{path} holds {len(tensors)} tensors; expected one (or one named 'embedding')")
+            t = tensors[key].float()
+        else:
+            t = next(iter(tensors.values())).float()
+    if t.dim() == 1:
+        t = t[None]
+    if t.dim() != 2:
+        raise InputError(f"embeddings in {path} must be [n, dim], got {list(t.shape)}")
+    return t
+
+
+def check_base_matches(ckpt: T2LCheckpoint, base_model: str | None) -> None:
+    """Refuse when --base-model names a model whose shapes differ from the checkpoint's."""
+    if not base_model:
+        return
+    from t2lcli.engine.base_model import read_config, resolve_model, shape_from_config
+
+    try:
+        shape = shape_from_config(read_config(resolve_model(base_model)), list(ckpt.config.target_modules))
+    except T2LError:
+        raise
+    mine = {m: (s.d_in, s.d_out) for m, s in ckpt.shape.modules.items()}
+    theirs = {m: (s.d_in, s.d_out) for m, s in shape.modules.items()}
+    if shape.n_layers != ckpt.shape.n_layers or mine != theirs:
+        raise T2LError(
+            f"the checkpoint was made for {ckpt.base_model} ({ckpt.shape.n_layers} layers, {mine}); "
+            f"{base_model} has {shape.n_layers} layers, {theirs}",
+            hint="use a checkpoint trained for this base model",
+        )

@@ -1,0 +1,308 @@
+"""The T2L hypernetwork: a task embedding in, rank-r LoRA A/B for every layer and target module out.
+
+Reproduces the published architecture (SakanaAI/text-to-lora `HyperModulator`) with the same state-dict key names,
+so official checkpoints load directly. Three variants:
+  L: one head per module emitting r*(d_in+d_out) (A and B together);
+  M: one head per module shared by A and B, told apart by learned A/B output embeddings;
+  S: as M, but the head emits one rank row per position (RoPE over the r positions).
+Module order is explicit (`HyperNetConfig.target_modules`) and defines the layer-type index; it is never derived
+from a set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+VARIANTS = ("L", "M", "S")
+
+
+@dataclass
+class HyperNetConfig:
+    """Every size of a hypernetwork. `module_dims[m] = (d_in, d_out)`; `target_modules` fixes the type index."""
+
+    variant: str = "L"
+    emb_dim: int = 384
+    latent: int = 128
+    head_in: int = 512
+    n_layers: int = 30
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    module_dims: dict[str, list[int]] = field(default_factory=dict)
+    r: int = 8
+    lora_alpha: float = 16.0
+    use_rslora: bool = True
+    head_bias: bool = True
+    learnable_pos_emb: bool = False
+    dropout: float = 0.05
+    training_task: str = "sft"  # "sft" or "recon"
+    pred_z_score: bool = False
+    factorized: bool = True
+    delta_w_scaling: float = 1e4
+    ab_offset: bool = False  # an additive A/B offset (multi-task LoRA) is stored
+    recon_stats: bool = False  # mean/std of reconstruction targets are stored
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.latent % 4:
+            raise ValueError("latent must be divisible by 4")
+        missing = [m for m in self.target_modules if m not in self.module_dims]
+        if missing:
+            raise ValueError(f"module_dims lacks {missing}")
+        self.module_dims = {m: [int(v[0]), int(v[1])] for m, v in self.module_dims.items()}
+
+    @property
+    def scaling(self) -> float:
+        """The LoRA scale the weights were trained for: alpha/sqrt(r) (rsLoRA) or alpha/r."""
+        return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+    def head_out(self, module: str) -> int:
+        d_in, d_out = self.module_dims[module]
+        if self.variant == "L":
+            return self.r * (d_in + d_out)
+        if self.variant == "M":
+            return self.r * max(d_in, d_out)
+        return max(d_in, d_out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HyperNetConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown hypernet config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+
+class _Residual(nn.Module):
+    """u -> u + Drop(SiLU(Linear(Drop(SiLU(Linear(LN(u)))))))  (keys: mlp.0 LN, mlp.1, mlp.4 Linear)."""
+
+    def __init__(self, width: int, dropout: float) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(width),
+            nn.Linear(width, 4 * width),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Linear(4 * width, width),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(x)
+
+
+class _TaskEncoder(nn.Module):
+    def __init__(self, emb_dim: int, out: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(emb_dim, out), nn.LayerNorm(out))
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.mlp(e)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class HyperLoRA(nn.Module):
+    """Task embedding -> LoRA A/B for every layer of every target module."""
+
+    def __init__(self, config: HyperNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        m, drop = config.latent, config.dropout
+        e, d = m // 2, m // 4
+        self.task_encoder = _TaskEncoder(config.emb_dim, e)
+        self.layer_depth_encoder = nn.Sequential(nn.Embedding(config.n_layers, d), nn.LayerNorm(d))
+        self.layer_type_encoder = nn.Sequential(nn.Embedding(len(config.target_modules), d), nn.LayerNorm(d))
+        self.mixer = nn.Sequential(
+            nn.Dropout(drop), nn.Linear(m, 4 * m), nn.SiLU(), nn.Dropout(drop), nn.Linear(4 * m, m), nn.SiLU(), nn.Dropout(drop)
+        )
+        self.mlp1 = _Residual(m, drop)
+        self.mlp2 = _Residual(m, drop)
+        self.mlp3 = nn.Sequential(
+            nn.LayerNorm(m), nn.Linear(m, 4 * m), nn.SiLU(), nn.Dropout(drop), nn.Linear(4 * m, config.head_in), nn.SiLU()
+        )
+        self.heads = nn.ModuleDict(
+            {mod: nn.Linear(config.head_in, config.head_out(mod), bias=config.head_bias) for mod in config.target_modules}
+        )
+        if config.variant in ("M", "S"):
+            self.out_emb = nn.ModuleDict(
+                {
+                    mod: nn.ParameterDict({"A": nn.Parameter(torch.randn(m)), "B": nn.Parameter(torch.randn(m))})
+                    for mod in config.target_modules
+                }
+            )
+            self.out_emb_norm = nn.LayerNorm(m)
+        if config.variant == "S":
+            if config.learnable_pos_emb:
+                self.pos_emb = nn.Sequential(nn.Embedding(config.r, m), nn.LayerNorm(m))
+            inv_freq = 1.0 / (10000 ** (torch.arange(0, m, 2, dtype=torch.float32) / m))
+            self.register_buffer("inv_freq", inv_freq, persistent=False)
+        if config.ab_offset:
+            self.AB_offset = self._ab_dict()
+        if config.recon_stats:
+            self.mean_recon_target = self._ab_dict()
+            self.std_recon_target = self._ab_dict()
+        self.reset_heads()
+
+    def _ab_dict(self) -> nn.ModuleDict:
+        c = self.config
+        return nn.ModuleDict(
+            {
+                "A": nn.ParameterDict(
+                    {mod: nn.Parameter(torch.zeros(c.n_layers, c.r, c.module_dims[mod][0]), requires_grad=False) for mod in c.target_modules}
+                ),
+                "B": nn.ParameterDict(
+                    {mod: nn.Parameter(torch.zeros(c.n_layers, c.module_dims[mod][1], c.r), requires_grad=False) for mod in c.target_modules}
+                ),
+            }
+        )
+
+    @torch.no_grad()
+    def reset_heads(self, generator: torch.Generator | None = None) -> None:
+        """bias-HyperInit: zero head weights; the head bias is PEFT's initial LoRA (A kaiming-uniform, B = 0)."""
+        c = self.config
+        for mod, head in self.heads.items():
+            head.weight.zero_()
+            if head.bias is None:
+                continue
+            d_in, d_out = c.module_dims[mod]
+            bound = 1.0 / math.sqrt(d_in)  # kaiming_uniform(a=sqrt(5)) on a [r, d_in] weight
+            a = (torch.rand(c.r, d_in, generator=generator) * 2 - 1) * bound
+            if c.variant == "L":
+                head.bias.copy_(torch.cat([a.flatten(), torch.zeros(c.r * d_out)]))
+            elif c.variant == "M":
+                width = max(d_in, d_out)
+                padded = torch.zeros(c.r, width)
+                padded[:, :d_in] = a
+                head.bias.copy_(padded.flatten() / math.sqrt(2))
+            else:
+                width = max(d_in, d_out)
+                row = torch.zeros(width)
+                row[:d_in] = a[0]
+                head.bias.copy_(row / math.sqrt(c.r))
+
+    # ------------------------------------------------------------------ forward
+
+    def encode(self, emb: torch.Tensor) -> torch.Tensor:
+        """Task embedding [B, emb_dim] -> z [B, latent/2]."""
+        return self.task_encoder(emb)
+
+    def _trunk(self, z: torch.Tensor, module: str, layers: torch.Tensor) -> torch.Tensor:
+        """z [B, E] -> h [B, L, latent] for one module over the given layers."""
+        b, n = z.shape[0], layers.shape[0]
+        idx = self.config.target_modules.index(module)
+        depth = self.layer_depth_encoder(layers)  # [L, D]
+        mtype = self.layer_type_encoder(torch.full((1,), idx, dtype=torch.long, device=z.device))  # [1, Ty]
+        x = torch.cat(
+            [z[:, None, :].expand(b, n, -1), depth[None].expand(b, n, -1), mtype[None].expand(b, n, -1)], dim=-1
+        )
+        return self.mlp1(self.mixer(x))
+
+    def _tail(self, u: torch.Tensor, module: str) -> torch.Tensor:
+        return self.heads[module](self.mlp3(u))
+
+    def _rope(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate [..., r, latent] over the r positions (rotate-half form, base 10000)."""
+        pos = torch.arange(self.config.r, device=x.device, dtype=torch.float32)
+        freqs = pos[:, None] * self.inv_freq.to(x.device)[None]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        return x * cos + _rotate_half(x) * sin
+
+    def _ab_pass(self, h: torch.Tensor, module: str, which: str) -> torch.Tensor:
+        """M/S: one pass for A or B. Returns [B, L, r, max(d_in, d_out)]."""
+        c = self.config
+        g = h + self.out_emb_norm(self.out_emb[module][which])
+        u = self.mlp2(g)
+        if c.variant == "M":
+            out = self._tail(u, module)
+            return out.view(*out.shape[:-1], c.r, -1)
+        u = u[..., None, :].expand(*u.shape[:-1], c.r, u.shape[-1])
+        if c.learnable_pos_emb:
+            pos = self.pos_emb(torch.arange(c.r, device=u.device))
+            u = u + pos
+        else:
+            u = self._rope(u)
+        u = self.mlp2(u)
+        return self._tail(u, module)
+
+    def generate_module(self, z: torch.Tensor, module: str, layers: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """LoRA factors for one module: A [B, L, r, d_in], B [B, L, d_out, r] (offsets and raw-scale applied)."""
+        c = self.config
+        d_in, d_out = c.module_dims[module]
+        if layers is None:
+            layers = torch.arange(c.n_layers, device=z.device)
+        h = self._trunk(z, module, layers)
+        if c.variant == "L":
+            out = self._tail(self.mlp2(h), module)
+            a = out[..., : c.r * d_in].reshape(*out.shape[:-1], c.r, d_in)
+            b = out[..., c.r * d_in :].reshape(*out.shape[:-1], c.r, d_out).transpose(-1, -2)
+        else:
+            a = self._ab_pass(h, module, "A")[..., :d_in]
+            b = self._ab_pass(h, module, "B")[..., :d_out].transpose(-1, -2)
+        return self._to_raw_scale(a, b, module, layers)
+
+    def _to_raw_scale(self, a: torch.Tensor, b: torch.Tensor, module: str, layers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.config
+        if c.training_task == "recon":
+            if c.factorized:
+                if c.pred_z_score and c.recon_stats:
+                    a = a * (self.std_recon_target["A"][module][layers] + 1e-10) + self.mean_recon_target["A"][module][layers]
+                    b = b * (self.std_recon_target["B"][module][layers] + 1e-10) + self.mean_recon_target["B"][module][layers]
+            else:
+                s = math.sqrt(c.delta_w_scaling)
+                a, b = a / s, b / s
+                return a, b
+        if c.ab_offset:
+            a = a + self.AB_offset["A"][module][layers].to(a.dtype)
+            b = b + self.AB_offset["B"][module][layers].to(b.dtype)
+        return a, b
+
+    def forward(self, emb: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Task embeddings [B, emb_dim] -> {module: (A [B,L,r,d_in], B [B,L,d_out,r])}."""
+        z = self.encode(emb)
+        return {m: self.generate_module(z, m) for m in self.config.target_modules}
+
+    def n_params(self, trainable_only: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_params_formula(cfg: HyperNetConfig) -> int:
+    """Closed-form parameter count (see t2l-reference.md "Parameter counts"); used to cross-check the module."""
+    m, h, n = cfg.latent, cfg.head_in, len(cfg.target_modules)
+    e, d = m // 2, m // 4
+    total = cfg.emb_dim * e + 3 * e + cfg.n_layers * d + 2 * d + n * d + 2 * d
+    total += 8 * m * m + 5 * m + 2 * (8 * m * m + 7 * m) + 4 * m * m + 6 * m + 4 * m * h + h
+    if cfg.variant in ("M", "S"):
+        total += 2 * n * m + 2 * m
+        if cfg.variant == "S" and cfg.learnable_pos_emb:
+            total += cfg.r * m + 2 * m
+    for mod in cfg.target_modules:
+        out = cfg.head_out(mod)
+        total += h * out + (out if cfg.head_bias else 0)
+    return total
+
+
+def lora_state_dict(
+    shape_paths: dict[str, str], factors: dict[str, tuple[torch.Tensor, torch.Tensor]], index: int = 0
+) -> dict[str, torch.Tensor]:
+    """PEFT-keyed tensors for batch item `index`: `base_model.model.<path>.lora_A.weight` [r,d_in] / lora_B [d_out,r]."""
+    out: dict[str, torch.Tensor] = {}
+    for mod, (a, b) in factors.items():
+        for layer in range(a.shape[1]):
+            prefix = "base_model.model." + shape_paths[mod].format(l=layer)
+            out[f"{prefix}.lora_A.weight"] = a[index, layer].contiguous()
+            out[f"{prefix}.lora_B.weight"] = b[index, layer].contiguous()
+    return out
+

@@ -1,0 +1,63 @@
+"""User-facing errors. Each carries a one-line message and, where useful, the next step to take.
+
+The CLI error boundary (`t2lcli.cli.main`) prints them as one line (plus the hint) and exits 1.
+"""
+
+from __future__ import annotations
+
+
+class T2LError(Exception):
+    """An error meant for the user: printed as one line, no traceback, exit code 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ProfileError(T2LError):
+    """A hardware profile or `--set` override is missing or invalid (all problems listed at once)."""
+
+
+class ConfigError(T2LError):
+    """A recipe or other config file is invalid."""
+
+
+class ModelNotFoundError(T2LError):
+    """A model name, path or hub id cannot be resolved offline."""
+
+
+class AdapterFormatError(T2LError):
+    """A PEFT adapter folder is missing files or has inconsistent tensors."""
+
+
+class CheckpointError(T2LError):
+    """A T2L checkpoint (native or official) is missing, corrupt or inconsistent."""
+
+
+class ShapeMismatchError(T2LError):
+    """Tensors or models do not fit together (e.g. an adapter for another base)."""
+
+
+class InputError(T2LError):
+    """Bad user input: an empty description, a malformed batch line, a bad flag combination."""
+
+
+class OutputExistsError(T2LError):
+    """The output already exists; nothing was touched."""
+
+
+class DataError(T2LError):
+    """Training or evaluation data is missing or malformed."""
+
+
+def format_problems(header: str, problems: list[str]) -> str:
+    """Join many problems into one message: `header: p1; p2; …` (kept on one logical line)."""
+    if len(problems) == 1:
+        return f"{header}: {problems[0]}"
+    return f"{header} ({len(problems)} problems): " + "; ".join(problems)

@@ -1,0 +1,225 @@
+"""`t2l generate` end to end on a tiny checkpoint: single, batch, stdin, JSON, determinism, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def test_single_adapter_loads_in_peft_and_changes_logits(runner, cli_app, tiny_checkpoint_dir, tiny_base_dir, tmp_path):
+    out = tmp_path / "a1"
+    res = runner.invoke(cli_app, ["generate", "answer math word problems step by step", "-c", str(tiny_checkpoint_dir), "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(res.stdout.strip().splitlines()[-1])
+    assert rec["path"] == str(out) and len(rec["sha256"]) == 64
+    assert {p.name for p in out.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    assert "answer math word problems" in (out / "README.md").read_text()
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from t2lcli.engine.adapters import load_adapter
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_base_dir)
+    ids = torch.tensor([[1, 5, 9, 12, 30]])
+    with torch.no_grad():
+        ref = base(ids).logits
+        peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base_dir), str(out))
+        got = peft_model(ids).logits
+    assert (got - ref).abs().max() > 1e-4
+    # expected amount: peft output equals a manual merge W + s * B @ A
+    ad = load_adapter(out)
+    assert ad.scaling == pytest.approx(16 / 8**0.5)
+    merged = AutoModelForCausalLM.from_pretrained(tiny_base_dir)
+    with torch.no_grad():
+        for prefix in ad.prefixes():
+            path = prefix.removeprefix("base_model.model.")
+            merged.get_submodule(path).weight += ad.delta(prefix)
+        assert torch.allclose(merged(ids).logits, got, atol=1e-5)
+
+
+def test_refuses_existing_output_and_force_replaces(runner, cli_app, tiny_checkpoint_dir, tmp_path):
+    out = tmp_path / "x"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    res = runner.invoke(cli_app, ["generate", "translate english to french", "-c", str(tiny_checkpoint_dir), "-o", str(out)])
+    assert res.exit_code == 1
+    assert (out / "keep.txt").read_text() == "mine"
+    res = runner.invoke(cli_app, ["generate", "translate english to french", "-c", str(tiny_checkpoint_dir), "-o", str(out), "--force"])
+    assert res.exit_code == 0, res.output
+    assert not (out / "keep.txt").exists() and (out / "adapter_model.safetensors").exists()
+
+
+def test_batch_jsonl_names_and_json_lines(runner, cli_app, tiny_checkpoint_dir, tmp_path):
+    src = tmp_path / "tasks.jsonl"
+    lines = [
+        {"description": "classify sentiment of reviews", "name": "sent"},
+        {"description": "translate english to french", "name": "../../evil"},
+        {"description": "summarize text", "name": "sent"},
+        {"description": "name the capital city of a country"},
+    ]
+    src.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
+    out = tmp_path / "batch"
+    res = runner.invoke(cli_app, ["generate", "--from-file", str(src), "-o", str(out), "-c", str(tiny_checkpoint_dir), "--json", "--batch-size", "3"])
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(x) for x in res.stdout.strip().splitlines()]
+    assert [r["name"] for r in recs] == ["sent", "evil", "sent-2", "name-the-capital-city-of-a-country"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(r["name"] for r in recs)
+    assert not (tmp_path.parent / "evil").exists()
+
+
+def test_batch_stdin_txt(runner, cli_app, tiny_checkpoint_dir, tmp_path):
+    out = tmp_path / "stdin"
+    res = runner.invoke(cli_app, ["generate", "-f", "-", "-o", str(out), "-c", str(tiny_checkpoint_dir)], input="solve math\nwrite python code\n")
+    assert res.exit_code == 0, res.output
+    assert len(list(out.iterdir())) == 2
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [(b'{"description": "ok"}\n{bad json\n', "line 2"), (b"fine\n\xff\xfe bad\n", "line 2"), (b'{"name": "x"}\n', "line 1")],
+)
+def test_batch_bad_lines(runner, cli_app, tiny_checkpoint_dir, tmp_path, content, needle):
+    src = tmp_path / ("b.jsonl" if content.startswith(b"{") else "b.txt")
+    src.write_bytes(content)
+    out = tmp_path / "o"
+    res = runner.invoke(cli_app, ["generate", "-f", str(src), "-o", str(out), "-c", str(tiny_checkpoint_dir)])
+    assert res.exit_code == 1 and needle in res.output
+    assert not out.exists()  # validated before anything was written
+    res = runner.invoke(cli_app, ["generate", "-f", str(src), "-o", str(out), "-c", str(tiny_checkpoint_dir), "--skip-bad"])
+    if b"fine" in content or b'"ok"' in content:
+        assert res.exit_code == 0, res.output
+    else:
+        assert res.exit_code == 1
+
+
+@pytest.mark.parametrize("desc", ["", "   \n\t "])
+def test_empty_description(runner, cli_app, tiny_checkpoint_dir, tmp_path, desc):
+    res = runner.invoke(cli_app, ["generate", desc, "-o", str(tmp_path / "e"), "-c", str(tiny_checkpoint_dir)])
+    assert res.exit_code == 1 and "empty description" in res.output
+    assert not (tmp_path / "e").exists()
+
+
+def test_too_long_description(runner, cli_app, tiny_checkpoint_dir, tmp_path):
+    res = runner.invoke(cli_app, ["generate", "a " * 20000, "-o", str(tmp_path / "e"), "-c", str(tiny_checkpoint_dir)])
+    assert res.exit_code == 1 and "limit" in res.output
+
+
+def test_missing_and_corrupt_checkpoint(runner, cli_app, tiny_checkpoint_dir, tmp_path):
+    res = runner.invoke(cli_app, ["generate", "x y", "-o", str(tmp_path / "o"), "-c", str(tmp_path / "nope")])
+    assert res.exit_code == 1 and "not found" in res.output
+    bad = tmp_path / "bad_ckpt"
+    bad.mkdir()
+    (bad / "t2l_config.json").write_text((tiny_checkpoint_dir / "t2l_config.json").read_text())
+    (bad / "hypernet.safetensors").write_bytes((tiny_checkpoint_dir / "hypernet.safetensors").read_bytes()[:100])
+    res = runner.invoke(cli_app, ["generate", "x y", "-o", str(tmp_path / "o"), "-c", str(bad)])
+    assert res.exit_code == 1 and "safetensors" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_base_model_mismatch(runner, cli_app, tiny_checkpoint_dir, tmp_path):
+    from transformers import LlamaConfig
+
+    other = tmp_path / "other_base"
+    LlamaConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4).save_pretrained(other)
+    res = runner.invoke(cli_app, ["generate", "x y", "-o", str(tmp_path / "o"), "-c", str(tiny_checkpoint_dir), "--base-model", str(other)])
+    assert res.exit_code == 1 and "layers" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_default_checkpoint_message(runner, cli_app, tmp_path, monkeypatch):
+    from t2lcli.engine import checkpoint as ck
+
+    monkeypatch.setattr(ck, "shipped_dir", lambda name: tmp_path / "none")
+    res = runner.invoke(cli_app, ["generate", "x y", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "default checkpoint" in res.output
+
+
+def test_never_loads_base_weights(tiny_checkpoint_dir, tmp_path, monkeypatch):
+    import transformers
+
+    def boom(*a, **k):
+        raise AssertionError("base weights must not be loaded to generate")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", boom)
+    monkeypatch.setattr(transformers.LlamaForCausalLM, "from_pretrained", boom)
+    from t2lcli.engine.generate import Generator
+
+    gen = Generator.load(str(tiny_checkpoint_dir))
+    ad = gen.generate(["summarize text"])[0]
+    gen.save(ad, tmp_path / "ok")
+    assert (tmp_path / "ok" / "adapter_model.safetensors").exists()
+
+
+def test_embedding_file(runner, cli_app, tiny_checkpoint_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    e = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1) * 4
+    save_file({"embedding": e}, str(tmp_path / "e.safetensors"))
+    res = runner.invoke(cli_app, ["generate", "--embedding-file", str(tmp_path / "e.safetensors"), "-o", str(tmp_path / "emb"), "-c", str(tiny_checkpoint_dir)])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "emb").iterdir())) == 3
+
+
+def test_scale_and_scaling_recorded(tiny_checkpoint_dir):
+    from t2lcli.engine.generate import GenerateOptions, Generator
+
+    gen = Generator.load(str(tiny_checkpoint_dir))
+    one = gen.generate(["summarize text"])[0]
+    two = gen.generate(["summarize text"], GenerateOptions(scale=2.0, scaling="lora"))[0]
+    k = next(k for k in one.tensors if ".lora_B." in k)
+    assert torch.allclose(two.tensors[k], 2 * one.tensors[k])
+    assert two.config["use_rslora"] is False and two.scaling == pytest.approx(16 / 8)
+    assert one.scaling == pytest.approx(16 / 8**0.5)
+
+
+def test_in_memory_apply_and_remove(tiny_checkpoint_dir, tiny_base_dir):
+    from transformers import AutoModelForCausalLM
+
+    from t2lcli.engine.generate import Generator
+
+    gen = Generator.load(str(tiny_checkpoint_dir))
+    ad = gen.generate(["write python code"])[0]
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir).eval()
+    ids = torch.tensor([[1, 5, 9, 12]])
+    with torch.no_grad():
+        ref = model(ids).logits
+        h = gen.apply(model, ad)
+        changed = model(ids).logits
+        h.remove()
+        back = model(ids).logits
+    assert (changed - ref).abs().max() > 1e-4
+    assert torch.equal(back, ref)
+
+
+def test_deterministic_across_processes(tiny_checkpoint_dir, tmp_path):
+    outs = []
+    for seed in ("0", "123"):
+        out = tmp_path / f"d{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed, "T2L_LOAD_PLUGINS": ""}
+        subprocess.run([sys.executable, "-m", "t2lcli", "generate", "solve math", "-o", str(out), "-c", str(tiny_checkpoint_dir)], check=True, env=env, capture_output=True)
+        outs.append(out)
+    for name in ("adapter_model.safetensors", "adapter_config.json", "README.md"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+
+
+def test_usage_errors_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "t2lcli", "generate", "--bogus"], capture_output=True, text=True)
+    assert r.returncode == 2
+    r = subprocess.run([sys.executable, "-m", "t2lcli", "nosuchcommand"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+
+
+def test_version_and_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "t2lcli", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("t2l ")
+    r = subprocess.run([sys.executable, "-m", "t2lcli", "generate", "x", "-o", str(tmp_path / "o"), "-c", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "not found" in r.stderr
+    assert Path(tmp_path / "o").exists() is False
