@@ -1,0 +1,97 @@
+"""The transformers-free BERT encoder (`t2lcli.engine.bert`) reproduces transformers' BertModel and tokenizer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TEXTS = ["Answer math word problems step by step.", "Hi", "translate english into french , the capital city of the country"]
+
+
+def _compare(folder: Path, texts: list[str], max_length: int | None = None) -> float:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from t2lcli.engine import bert
+
+    hf_tok = AutoTokenizer.from_pretrained(str(folder))
+    hf = AutoModel.from_pretrained(str(folder)).eval()
+    kwargs = {"truncation": True, "max_length": max_length} if max_length else {"truncation": False}
+    ref = hf_tok(texts, padding=True, return_tensors="pt", **kwargs)
+    ours = bert.FastTokenizer(folder)(texts, max_length)
+    assert torch.equal(ref["input_ids"], ours["input_ids"])
+    assert torch.equal(ref["attention_mask"], ours["attention_mask"])
+    model = bert.load_bert(folder)
+    with torch.no_grad():
+        a = hf(**ref).last_hidden_state
+        b = model(ours["input_ids"], ours["attention_mask"])
+    mask = ref["attention_mask"].bool()
+    return float((a - b)[mask].abs().max())
+
+
+def test_matches_transformers_on_tiny_bert(tiny_encoder_dir: Path) -> None:
+    assert _compare(tiny_encoder_dir, TEXTS) < 1e-5
+    assert _compare(tiny_encoder_dir, TEXTS, max_length=6) < 1e-5
+
+
+def test_text_encoder_uses_fast_path_and_matches(tiny_encoder_dir: Path) -> None:
+    import torch
+
+    from t2lcli.engine.encoder import TextEncoder, encoder_spec_for, normalize, pool
+
+    enc = TextEncoder(encoder_spec_for(str(tiny_encoder_dir)))
+    assert enc.fast
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_encoder_dir))
+    hf = AutoModel.from_pretrained(str(tiny_encoder_dir)).eval()
+    prepared = [t.strip() + ("." if t.strip()[-1].isalpha() else "") for t in TEXTS]
+    batch = tok(prepared, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = normalize(pool(hf(**batch).last_hidden_state, batch["attention_mask"], "mean"), "l2_sqrt_dim")
+    assert torch.allclose(enc.embed(TEXTS), ref, atol=1e-5)
+
+
+def test_strict_weights(tmp_path: Path, tiny_encoder_dir: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from t2lcli.engine import bert
+    from t2lcli.errors import ModelNotFoundError
+
+    bad = tmp_path / "enc"
+    shutil.copytree(tiny_encoder_dir, bad)
+    state = load_file(str(bad / "model.safetensors"))
+    state.pop(next(k for k in state if "query.weight" in k))
+    save_file(state, str(bad / "model.safetensors"))
+    with pytest.raises(ModelNotFoundError, match="missing"):
+        bert.load_bert(bad)
+
+
+def test_generate_path_imports_no_transformers(tiny_checkpoint_dir: Path, tmp_path: Path) -> None:
+    """A whole `t2l generate` run with a BERT encoder never imports transformers, peft or torch._dynamo."""
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['t2l', 'generate', 'solve math step by step', '-c', {str(tiny_checkpoint_dir)!r}, '-o', {str(tmp_path / 'a')!r}]\n"
+        "try:\n    runpy.run_module('t2lcli', run_name='__main__')\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "bad = sorted(m for m in ('transformers', 'peft', 'torch._dynamo', 'sentence_transformers') if m in sys.modules)\n"
+        "sys.stderr.write('HEAVY:' + ','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.split("HEAVY:")[1].strip() == ""
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_matches_transformers_on_minilm() -> None:
+    from t2lcli.engine.base_model import resolve_model
+
+    folder = resolve_model("all-minilm-l6-v2", kind="encoder")
+    long = "Classify the sentiment of a movie review as positive or negative; café naïve 東京. " * 12
+    assert _compare(folder, [*TEXTS, long]) < 1e-5
+    assert _compare(folder, [*TEXTS, long], max_length=32) < 1e-5
