@@ -74,12 +74,18 @@ class TextEncoder:
 
         self.spec = spec
         entry = lookup(spec.model)
-        if (entry is not None and entry.remote_code or spec.trust_remote_code) and not spec.trust_remote_code:
-            raise T2LError(
-                f"the encoder {spec.model} runs code from its repository",
-                hint="pass --trust-remote-code if you trust it",
-            )
-        path = resolve_model(spec.model, kind="encoder")
+        if entry is not None and entry.remote_code and not spec.trust_remote_code:
+            raise _remote_code_error(spec.model)
+        try:
+            path = resolve_model(spec.model, kind="encoder")
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(
+                f"text encoder {spec.model} is not available: {exc.message}",
+                hint="download it once on a connected machine (it then loads from the HF cache), "
+                "or pass precomputed embeddings with --embedding-file",
+            ) from None
+        if not spec.trust_remote_code and _needs_remote_code(path):
+            raise _remote_code_error(spec.model)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path))
             self.model = AutoModel.from_pretrained(str(path), dtype=dtype, trust_remote_code=spec.trust_remote_code)
@@ -103,6 +109,21 @@ class TextEncoder:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         hidden = self.model(**batch).last_hidden_state.float()
         return normalize(pool(hidden, batch["attention_mask"], self.spec.pooling), self.spec.normalize)
+
+
+def _remote_code_error(model: str) -> T2LError:
+    return T2LError(
+        f"the text encoder {model} runs Python code from its repository; refusing without --trust-remote-code",
+        hint=f"pass --trust-remote-code if you trust {model} (the official T2L checkpoints use gte-large-en-v1.5, which needs it)",
+    )
+
+
+def _needs_remote_code(path: Path) -> bool:
+    """A local encoder folder whose config maps to custom code (`auto_map`)."""
+    try:
+        return bool(json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("auto_map"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -129,7 +150,9 @@ def encoder_spec_for(model: str) -> EncoderSpec:
     """The spec for a known encoder name, or a mean-pooling spec read from a sentence-transformers folder."""
     low = model.lower()
     if "gte-large" in low:
-        return EncoderSpec(model, 1024, "cls", "l2_sqrt_dim", True, 8192, True)
+        # as the official checkpoints were trained: CLS pooling, fp32, right padding, x sqrt(dim) after L2, full stop;
+        # it runs remote code, which only the user can allow (--trust-remote-code), never a stored spec
+        return EncoderSpec(model, 1024, "cls", "l2_sqrt_dim", True, 8192, False)
     if "minilm" in low:
         return EncoderSpec(model, 384, "mean", "l2_sqrt_dim", True, 256)
     path = Path(model)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from t2lcli.engine.adapters import Adapter, peft_config, save_adapter
+from t2lcli.engine.adapters import Adapter, effective_scaling, peft_config, save_adapter
 from t2lcli.engine.checkpoint import T2LCheckpoint, load_checkpoint
 from t2lcli.engine.hypernet import lora_state_dict
 from t2lcli.errors import InputError, T2LError
@@ -50,6 +50,7 @@ class Generator:
         self.encoder_device = encoder_device
         self.trust_remote_code = trust_remote_code
         self._encoder: Any = None
+        self._warned_scaling = False
         self.timings = Timings()
 
     @classmethod
@@ -67,9 +68,8 @@ class Generator:
 
             from t2lcli.engine.encoder import TextEncoder
 
-            spec = self.ckpt.encoder
-            if self.trust_remote_code:
-                spec = replace(spec, trust_remote_code=True)
+            # only the user grants remote code (--trust-remote-code); a value stored in a checkpoint never does
+            spec = replace(self.ckpt.encoder, trust_remote_code=self.trust_remote_code)
             self._encoder = TextEncoder(spec, device=self.encoder_device)
         return self._encoder
 
@@ -102,6 +102,15 @@ class Generator:
         paths = {m: s.path for m, s in self.ckpt.shape.modules.items()}
         c = self.ckpt.config
         config = peft_config(c.r, c.lora_alpha, list(c.target_modules), self.ckpt.base_model, use_rslora=opts.scaling == "rslora")
+        effective = effective_scaling(config)
+        if (opts.scaling == "rslora") != c.use_rslora and not self._warned_scaling:
+            from t2lcli.console import warn
+
+            self._warned_scaling = True
+            warn(
+                f"the checkpoint was trained with {'rsLoRA alpha/sqrt(r)' if c.use_rslora else 'alpha/r'} = {c.scaling:.4g}; "
+                f"these adapters state {opts.scaling} = {effective:.4g} ({effective / c.scaling:.2f}x the training strength)"
+            )
         result = []
         for i, desc in enumerate(descriptions):
             tensors = lora_state_dict(paths, fac, i)
@@ -111,6 +120,7 @@ class Generator:
                 "description": desc,
                 "scale": opts.scale,
                 "scaling": opts.scaling,
+                "effective_scale": effective,
                 "checkpoint": str(self.ckpt.path) if self.ckpt.path else None,
                 "checkpoint_sha256": self.ckpt.sha256,
                 "checkpoint_format": self.ckpt.format,

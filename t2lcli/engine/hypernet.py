@@ -113,6 +113,11 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def rope_inv_freq(width: int) -> torch.Tensor:
+    """RoPE inverse frequencies 10000^(-2i/width) (not saved in checkpoints; recomputed on load)."""
+    return 1.0 / (10000 ** (torch.arange(0, width, 2, dtype=torch.float32, device="cpu") / width))
+
+
 class HyperLoRA(nn.Module):
     """Task embedding -> LoRA A/B for every layer of every target module."""
 
@@ -146,14 +151,18 @@ class HyperLoRA(nn.Module):
         if config.variant == "S":
             if config.learnable_pos_emb:
                 self.pos_emb = nn.Sequential(nn.Embedding(config.r, m), nn.LayerNorm(m))
-            inv_freq = 1.0 / (10000 ** (torch.arange(0, m, 2, dtype=torch.float32) / m))
-            self.register_buffer("inv_freq", inv_freq, persistent=False)
+            self.register_buffer("inv_freq", rope_inv_freq(m), persistent=False)
         if config.ab_offset:
             self.AB_offset = self._ab_dict()
         if config.recon_stats:
             self.mean_recon_target = self._ab_dict()
             self.std_recon_target = self._ab_dict()
         self.reset_heads()
+
+    def restore_buffers(self) -> None:
+        """Recompute non-persistent buffers (after building on the meta device and loading with assign=True)."""
+        if hasattr(self, "inv_freq"):
+            self.inv_freq = rope_inv_freq(self.config.latent)
 
     def _ab_dict(self) -> nn.ModuleDict:
         c = self.config
