@@ -414,11 +414,10 @@ def test_existing_output_and_empty_requests(runner, cli_app, tmp_path, tiny_chec
 @pytest.mark.slow
 def test_smollm2_into_base_matches_peft_and_gguf_q_permutation(tmp_path, monkeypatch):
     """Real SmolLM2-135M: merged logits == peft logits; our Q/K row permutation matches the packaged llama.cpp GGUF."""
-    import os
 
     from conftest import REAL_T2L_HOME
 
-    monkeypatch.setenv("T2L_HOME", os.environ.get("T2L_REAL_HOME", REAL_T2L_HOME))
+    monkeypatch.setenv("T2L_HOME", REAL_T2L_HOME)
     from t2lcli.engine.base_model import gguf_source, resolve_model
     from t2lcli.engine.export import permute_rows
     from t2lcli.engine.merge import merge_into_base

@@ -649,6 +649,10 @@ def run_merge(req: MergeRequest, profile: Profile) -> dict[str, Any]:
         raise InputError(f"--density must be in (0, 1], got {req.density}")
     if req.density is not None and (req.method or "linear") not in ("ties", "dare"):
         raise InputError("--density applies only to --method ties or dare")
+    if req.dtype is not None and not req.into_base:
+        raise InputError("--dtype applies only to --into-base (adapters are written in float32)")
+    if (req.max_lora_rank is not None or req.runtime_base is not None) and req.export is None:
+        raise InputError("--max-lora-rank and --runtime-base apply only to --export")
     max_shard = parse_size(req.max_shard_size)
     if req.descriptions and req.adapters:
         raise InputError("give adapter folders or --description texts, not both")
