@@ -184,11 +184,13 @@ def load_adapter(path: Path | str, device: str = "cpu") -> Adapter:
         except (ValueError, UnicodeDecodeError) as exc:
             problems.append(f"{CONFIG_NAME} is not valid JSON ({exc})")
     tensors: dict[str, torch.Tensor] = {}
+    weights_read = False
     if not w_path.is_file():
         problems.append(f"missing {WEIGHTS_NAME}" + (" (adapter_model.bin is not read: pickle)" if (path / "adapter_model.bin").exists() else ""))
     else:
         try:
             tensors = load_file(str(w_path), device=device)
+            weights_read = True
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             problems.append(f"{WEIGHTS_NAME} is not a valid safetensors file ({str(exc).splitlines()[0] if str(exc) else 'unreadable'})")
     if config:
@@ -202,7 +204,8 @@ def load_adapter(path: Path | str, device: str = "cpu") -> Adapter:
             problems.append(f"lora_alpha must be a number, got {config.get('lora_alpha')!r}")
     else:
         r = None
-    problems += _check_tensors(tensors, r)
+    if weights_read:  # a missing or unreadable file is already one problem; "no tensors" would repeat it
+        problems += _check_tensors(tensors, r)
     if problems:
         raise AdapterFormatError(format_problems(f"invalid adapter {path}", problems))
     meta: dict[str, Any] = {}
