@@ -367,6 +367,8 @@ def test_export_ollama_writes_modelfile(runner, cli_app, tmp_path, adapters):
         (["--density", "0.5"], "--density applies only to --method ties or dare"),
         (["--export", "tgi"], "unknown export target 'tgi'"),
         (["--into-base", "--export", "vllm"], "choose one of --into-base and --export"),
+        (["--dtype", "bf16"], "--dtype applies only to --into-base"),
+        (["--max-lora-rank", "16"], "apply only to --export"),
     ],
 )
 def test_bad_combinations_fail_cleanly(runner, cli_app, tmp_path, adapters, extra, message):

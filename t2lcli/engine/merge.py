@@ -520,34 +520,31 @@ def merge_into_base(
     n = len(shards)
     names = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     weight_map: dict[str, str] = {}
-    merged_norms: list[float] = []
     from t2lcli import console
 
     with atomic_dir(out_dir, force=force) as tmp, console.progress(transient=True) as bar:
         task = bar.add_task("merging shards", total=n) if progress else None
-        handles: dict[Path, Any] = {}
-        try:
-            for name, items in zip(names, shards, strict=True):
-                tensors: dict[str, torch.Tensor] = {}
-                for f, k in items:
-                    if f not in handles:
-                        handles[f] = safe_open(str(f), framework="pt")
-                    t = handles[f].get_tensor(k)
-                    if k in targets:
-                        a, b = folded(adapter, targets[k])
-                        delta = b @ a
-                        merged_norms.append(float(delta.norm()))
-                        t = (t.float() + delta).to(out_dtype or t.dtype)
-                    elif out_dtype is not None and t.is_floating_point():
-                        t = t.to(out_dtype)
-                    tensors[k] = t.contiguous()
-                    weight_map[k] = name
-                save_file(tensors, str(tmp / name), metadata={"format": "pt"})
-                del tensors
-                if task is not None:
-                    bar.advance(task)
-        finally:
-            handles.clear()
+        for name, items in zip(names, shards, strict=True):
+            tensors: dict[str, torch.Tensor] = {}
+            by_file: dict[Path, list[str]] = {}
+            for f, k in items:
+                by_file.setdefault(f, []).append(k)
+            for f, ks in by_file.items():
+                # opened per output shard, so the source's memory map never stays resident beyond one shard
+                with safe_open(str(f), framework="pt") as fh:
+                    for k in ks:
+                        t = fh.get_tensor(k)
+                        if k in targets:
+                            a, b = folded(adapter, targets[k])
+                            t = (t.float() + b @ a).to(out_dtype or t.dtype)
+                        elif out_dtype is not None and t.is_floating_point():
+                            t = t.to(out_dtype)
+                        tensors[k] = t.contiguous()
+                        weight_map[k] = name
+            save_file(tensors, str(tmp / name), metadata={"format": "pt"})
+            del tensors
+            if task is not None:
+                bar.advance(task)
         (tmp / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n"
         )
