@@ -648,7 +648,7 @@ def test_hub_checkpoint_offline_is_one_clear_line(runner, cli_app, tmp_path, mon
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     spec = "SakanaAI/text-to-lora/trained_t2l/llama_8b_t2l"
     for args in (["generate", "--embedding-file", str(_embedding_file(tmp_path)), "--checkpoint", spec, "-o", str(tmp_path / "a")],
-                 ["convert", spec, "-o", str(tmp_path / "b")]):
+                 ["convert", spec, "-o", str(tmp_path / "b")], ["inspect", spec]):
         res = runner.invoke(cli_app, args)
         one_line_error(res, "cannot download checkpoint", spec, "offline")
         assert 'hf download SakanaAI/text-to-lora --include "trained_t2l/llama_8b_t2l/*"' in res.stderr
@@ -672,6 +672,19 @@ def test_hub_checkpoint_online_fetches_only_that_folder(runner, cli_app, tmp_pat
     rec = _generate(runner, cli_app, "SakanaAI/text-to-lora/trained_t2l/llama_8b_t2l", _embedding_file(tmp_path), tmp_path / "a")
     assert calls == [("SakanaAI/text-to-lora", ["trained_t2l/llama_8b_t2l/*"], True), ("SakanaAI/text-to-lora", ["trained_t2l/llama_8b_t2l/*"], False)]
     assert Path(rec["path"]).is_dir()
+
+
+def test_hub_checkpoint_unreachable_is_one_clear_line(runner, cli_app, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def unreachable(repo_id, allow_patterns=None, local_files_only=False, **kw):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("Got: ConnectError: [Errno -2] Name or service not known\nmore text")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    res = runner.invoke(cli_app, ["inspect", "SakanaAI/text-to-lora/trained_t2l/llama_8b_t2l"])
+    line = one_line_error(res, "the hub is unreachable", "Name or service not known")
+    assert "more text" not in line and "hf download" in res.stderr
 
 
 # --------------------------------------------------------------------------------------------- scaling contract

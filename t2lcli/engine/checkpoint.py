@@ -127,8 +127,12 @@ def hub_checkpoint(spec: str) -> Path:
     try:
         snap = Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=10))
     except Exception as exc:
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"cannot download checkpoint {spec}: {first}", hint=offline_hint) from None
+        name = type(exc).__name__
+        detail = (str(exc).strip().splitlines() or [""])[0].removeprefix("Got: ")[:160]
+        if name in ("RepositoryNotFoundError", "RevisionNotFoundError", "RemoteEntryNotFoundError", "GatedRepoError", "HFValidationError"):
+            raise CheckpointError(f"cannot download checkpoint {spec}: {repo_id} was not found or is not accessible ({name})",
+                                  hint="check the spelling: owner/repo/folder, e.g. SakanaAI/text-to-lora/trained_t2l/llama_8b_t2l") from None
+        raise CheckpointError(f"cannot download checkpoint {spec}: the hub is unreachable ({name}: {detail})", hint=offline_hint) from None
     if not _is_checkpoint_dir(snap / sub):
         raise CheckpointError(
             f"{sub} in {repo_id} is not a T2L checkpoint folder (no hypermod.pt or {CONFIG_NAME})",

@@ -55,6 +55,9 @@ def inspect_paths(paths: list[str]) -> dict[str, Any] | list[dict[str, Any]]:
     reports = []
     for p in paths:
         path = Path(p)
+        if not path.exists() and not p.startswith((".", "/", "~")) and p.count("/") >= 2:
+            reports.append(inspect_checkpoint(path))  # owner/repo/folder on the hub
+            continue
         if not path.exists():
             raise InputError(f"not found: {p}", hint="pass an adapter folder, a checkpoint folder, or 'profile NAME'")
         if (path / "adapter_model.safetensors").exists() and not (path / "hypermod.pt").exists():
