@@ -1,7 +1,8 @@
 """Text encoders: task descriptions -> fixed-size embeddings (L2-normalised, times sqrt(dim), as T2L does).
 
-Loaded through transformers directly (AutoModel + pooling) rather than `import sentence_transformers`, which
-costs ~7 s of imports on a cold start. Pooling: "mean" (sentence-transformers models such as all-MiniLM-L6-v2),
+Plain BERT encoders (all-MiniLM-L6-v2) run through `bert.py` (tokenizers + safetensors, no transformers import:
+the cold-start fix); others load through transformers directly (AutoModel + pooling) rather than
+`import sentence_transformers`, which costs ~7 s of imports on a cold start. Pooling: "mean" (sentence-transformers models such as all-MiniLM-L6-v2),
 "cls" (gte-large-en-v1.5, as the official checkpoints were trained) or "last" (decoder embedders).
 """
 
@@ -67,8 +68,6 @@ class TextEncoder:
     """Embeds descriptions with a transformers encoder. `embed(list[str]) -> [n, dim]` float32."""
 
     def __init__(self, spec: EncoderSpec, device: str = "cpu", dtype: torch.dtype = torch.float32) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
         from t2lcli.engine.base_model import resolve_model
         from t2lcli.models import lookup
 
@@ -86,29 +85,59 @@ class TextEncoder:
             ) from None
         if not spec.trust_remote_code and _needs_remote_code(path):
             raise _remote_code_error(spec.model)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-            self.model = AutoModel.from_pretrained(str(path), dtype=dtype, trust_remote_code=spec.trust_remote_code)
-        except (OSError, ValueError) as exc:
-            raise ModelNotFoundError(f"cannot load encoder from {path}: {str(exc).splitlines()[0]}") from None
-        self.model.to(device).eval()
         self.device = device
-        self.tokenizer.padding_side = "right" if spec.pooling != "last" else "left"
         self.truncated = 0
-        hidden = int(getattr(self.model.config, "hidden_size", spec.dim))
+        from t2lcli.engine import bert
+
+        if bert.supports(path, spec.trust_remote_code) and spec.pooling != "last":
+            # the fast path: no transformers import (~3.5 s of a cold start), weights assigned without random init
+            self.fast = True
+            self.tokenizer: Any = bert.FastTokenizer(path)
+            self.model: Any = bert.load_bert(path, device=device, dtype=dtype)
+            hidden = int(self.model.config["hidden_size"])
+        else:
+            self.fast = False
+            self.tokenizer, self.model = _load_transformers(path, spec, dtype)
+            self.model.to(device).eval()
+            self.tokenizer.padding_side = "right" if spec.pooling != "last" else "left"
+            hidden = int(getattr(self.model.config, "hidden_size", spec.dim))
         if hidden != spec.dim:
             raise T2LError(f"encoder {spec.model} has dimension {hidden}, the checkpoint expects {spec.dim}")
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:
         prepared = [preprocess(t, self.spec) for t in texts]
-        batch = self.tokenizer(prepared, padding=True, truncation=False, return_tensors="pt")
+        batch = self._tokenize(prepared, None)
         if batch["input_ids"].shape[1] > self.spec.max_length:
             self.truncated += sum(int(m.sum()) > self.spec.max_length for m in batch["attention_mask"])
-            batch = self.tokenizer(prepared, padding=True, truncation=True, max_length=self.spec.max_length, return_tensors="pt")
+            batch = self._tokenize(prepared, self.spec.max_length)
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        hidden = self.model(**batch).last_hidden_state.float()
+        if self.fast:
+            hidden = self.model(batch["input_ids"], batch["attention_mask"]).float()
+        else:
+            hidden = self.model(**batch).last_hidden_state.float()
         return normalize(pool(hidden, batch["attention_mask"], self.spec.pooling), self.spec.normalize)
+
+    def _tokenize(self, texts: list[str], max_length: int | None) -> dict[str, torch.Tensor]:
+        if self.fast:
+            return self.tokenizer(texts, max_length)
+        if max_length is None:
+            return self.tokenizer(texts, padding=True, truncation=False, return_tensors="pt")
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
+
+def _load_transformers(path: Path, spec: EncoderSpec, dtype: torch.dtype) -> tuple[Any, Any]:
+    """Any other encoder (gte, decoder embedders): through transformers, its progress bars silenced."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModel.from_pretrained(str(path), dtype=dtype, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"cannot load encoder from {path}: {str(exc).splitlines()[0]}") from None
+    return tokenizer, model
 
 
 def _remote_code_error(model: str) -> T2LError:

@@ -1,0 +1,180 @@
+"""`t2l bench`: the report's schema and arithmetic, the memory plan, and bad input (one line, non-zero exit)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def test_official_shapes_and_parameter_counts() -> None:
+    from t2lcli.engine.bench import base_param_counts, hypernet_config, load_shape, shape_names
+    from t2lcli.engine.hypernet import count_params_formula
+
+    assert shape_names() == ["gemma-2-2b", "llama-3.1-8b", "mistral-7b", "smollm2-135m"]
+    # published sizes (t2l-reference.md "Parameter counts")
+    expected = {"llama-3.1-8b": 230.03, "mistral-7b": 55.42, "gemma-2-2b": 137.71}
+    for name, millions in expected.items():
+        assert round(count_params_formula(hypernet_config(load_shape(name), "L")) / 1e6, 2) == millions
+    assert round(count_params_formula(hypernet_config(load_shape("llama-3.1-8b"), "M")) / 1e6, 2) == 146.10
+    # base models, from their config.json numbers
+    assert base_param_counts(load_shape("llama-3.1-8b")["config"])["total"] == 8_030_261_248
+    assert base_param_counts(load_shape("smollm2-135m")["config"])["total"] == 134_515_008
+    assert base_param_counts(load_shape("mistral-7b")["config"])["total"] == 7_241_732_096
+    assert base_param_counts(load_shape("gemma-2-2b")["config"])["total"] == 2_614_341_888
+
+
+def test_percentiles() -> None:
+    from t2lcli.engine.bench import percentiles
+
+    p = percentiles([float(x) for x in range(1, 101)])
+    assert p["n"] == 100 and p["p50"] == 50.5 and p["p95"] == pytest.approx(95.05) and p["p99"] == pytest.approx(99.01)
+    assert percentiles([]) is None
+    assert percentiles([3.0])["p99"] == 3.0
+
+
+@pytest.mark.parametrize("profile", ["gpu-16gb", "gpu-24gb"])
+@pytest.mark.parametrize("shapes", ["llama-3.1-8b", "mistral-7b", "gemma-2-2b"])
+def test_plan_gpu_profiles_fit_the_official_bases(profile: str, shapes: str) -> None:
+    from t2lcli.engine.bench import plan_memory
+    from t2lcli.hardware import load_profile
+
+    plan = plan_memory(shapes, load_profile(profile))
+    assert plan["fits"] is True, plan
+    assert plan["total_gib"] == pytest.approx(sum(line["gib"] for line in plan["lines"]), abs=0.02)
+
+
+def test_plan_arithmetic_llama_24gb() -> None:
+    from t2lcli.engine.bench import plan_memory
+    from t2lcli.hardware import load_profile
+
+    lines = {line["item"]: line["gib"] for line in plan_memory("llama-3.1-8b", load_profile("gpu-24gb"))["lines"]}
+    assert lines["base weights"] == pytest.approx(8_030_261_248 * 2 / 2**30, abs=1e-3)  # 14.96
+    assert lines["KV cache"] == pytest.approx(1.0)  # 128 KiB/token x 4 x 2048
+    assert lines["hypernetwork"] == pytest.approx((230_030_000 + 3_407_872) * 2 / 2**30, abs=0.01)
+
+
+def test_plan_cli_fits_and_does_not_fit(runner, cli_app, tmp_path: Path) -> None:
+    ok = runner.invoke(cli_app, ["bench", "--plan", "--profile", "gpu-16gb", "--shapes", "llama-3.1-8b", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["fits"] is True
+    small = tmp_path / "gpu-8gb.yaml"
+    small.write_text("memory_budget_gb: 8\nbase: {device: cuda, dtype: bfloat16}\nhypernet: {device: cuda, dtype: bfloat16}\n")
+    bad = runner.invoke(cli_app, ["bench", "--plan", "--profile", str(small), "--shapes", "llama-3.1-8b"])
+    assert bad.exit_code == 1
+    assert "does not fit" in bad.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shapes", "gpt-5"], "unknown shapes 'gpt-5'"),
+        (["--runs", "0"], "--runs must be at least 1"),
+        (["--batch", "1,x"], "--batch must be comma-separated integers"),
+        (["--batch", "0"], "--batch sizes must be positive"),
+        (["--baseline", "maybe"], "--baseline must be"),
+        (["--measure"], "--measure goes with --plan"),
+        (["--output", "/proc/version/x.json"], "cannot write --output"),
+    ],
+)
+def test_bad_input_one_line(runner, cli_app, args: list[str], message: str) -> None:
+    res = runner.invoke(cli_app, ["bench", *args])
+    assert res.exit_code == 1, res.output
+    assert message in res.stderr
+    assert "Traceback" not in res.output
+    assert res.stderr.count("error:") == 1
+
+
+def test_cuda_profile_without_cuda(runner, cli_app) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    res = runner.invoke(cli_app, ["bench", "--profile", "gpu-24gb", "--runs", "1"])
+    assert res.exit_code == 1 and "CUDA is not available" in res.stderr and "Traceback" not in res.output
+    res = runner.invoke(cli_app, ["bench", "--plan", "--measure", "--profile", "gpu-24gb", "--shapes", "llama-3.1-8b"])
+    assert res.exit_code == 1 and "needs a CUDA GPU" in res.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tiny_checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str]:
+    from conftest import CliRunner
+
+    from t2lcli.cli import app
+
+    out = tmp_path_factory.mktemp("bench") / "reports" / "bench.json"
+    res = CliRunner().invoke(app, ["bench", "--checkpoint", str(tiny_checkpoint_dir), "--runs", "4", "--cold-runs", "0",
+                                   "--batch", "1,3", "--baseline", "none", "--json", "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout), out, str(tiny_checkpoint_dir)
+
+
+def test_bench_tiny_checkpoint_report(tiny_report: tuple[dict, Path, str]) -> None:
+    report, out, ckpt = tiny_report
+    assert json.loads(out.read_text()) == report
+    assert report["schema"] == "t2l-bench/1"
+    assert set(report) >= {"machine", "config", "stages_ms", "warm_ms", "warm_write_ms", "cold_ms", "throughput", "memory", "baselines", "targets"}
+    assert set(report["stages_ms"]) == {"imports", "checkpoint_load", "encoder_load", "embed", "hypernet_forward", "adapter_build", "adapter_write"}
+    assert all(v > 0 for v in report["stages_ms"].values())
+    w = report["warm_ms"]
+    assert w["n"] == 4 and w["min"] <= w["p50"] <= w["p95"] <= w["p99"] <= w["max"]
+    assert report["warm_write_ms"]["p50"] >= w["p50"] * 0.5
+    assert report["cold_ms"] is None
+    assert [t["batch"] for t in report["throughput"]] == [1, 3]
+    assert all(t["adapters_per_s"] == pytest.approx(t["batch"] / t["seconds"], rel=0.01) for t in report["throughput"])
+    assert report["memory"]["peak_rss_mb"] > 50 and report["memory"]["peak_vram_mb"] is None
+    assert report["machine"]["torch"] and report["machine"]["cores"] >= 1
+    prompt = report["baselines"]["prompt"]
+    assert prompt["tokenizer_note"] == "the base's own tokenizer"  # the tiny base ships tokenizer.json
+    assert prompt["description_tokens"] > 0 and prompt["icl_3shot_tokens"] > prompt["description_tokens"] and prompt["t2l_tokens"] == 0
+    assert report["baselines"]["load_base"] is None
+    assert report["config"]["hypernet_params"] > 0 and report["config"]["checkpoint"] == ckpt
+
+
+def test_bench_human_output(tiny_report: tuple[dict, Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    from t2lcli.commands.bench import _print_report
+
+    from t2lcli import console
+
+    console._state.pop("out", None)
+    _print_report(tiny_report[0])
+    text = capsys.readouterr().out
+    console._state.pop("out", None)
+    for part in ("stages (median)", "latency (ms)", "throughput", "baselines", "3-shot in-context examples", "torch threads"):
+        assert part in text
+
+
+@pytest.mark.slow
+def test_bench_default_shapes_end_to_end(runner, cli_app) -> None:
+    """Cold runs in fresh processes and the load-the-base baseline (a random SmolLM2-shaped base, full depth)."""
+    res = runner.invoke(cli_app, ["bench", "--shapes", "smollm2-135m", "--runs", "3", "--cold-runs", "1", "--batch", "1,4", "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    assert r["cold_ms"]["n"] == 1 and r["cold_ms"]["p50"] > r["warm_ms"]["p50"]
+    assert r["memory"]["cold_generate_peak_rss_mb"] > 100
+    lb = r["baselines"]["load_base"]
+    assert lb["extrapolated"] is False and lb["depths"] == [30] and lb["base_params"] == 134_515_008
+    assert lb["ratio_vs_warm"] > 1
+    assert [t["name"] for t in r["targets"]] == ["warm p50", "cold t2l generate p50", "throughput at batch 64"]
+    assert r["config"]["hypernet_params"] == 8_630_208
+
+
+@pytest.mark.slow
+def test_baseline_extrapolates_large_bases(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the full-load limit the base is loaded at depths 1 and 2 and extrapolated linearly."""
+    from t2lcli.engine import bench
+
+    monkeypatch.setattr(bench, "FULL_BASE_LIMIT", 1)
+    res = bench.baseline_load_base("smollm2-135m", bench.load_shape("smollm2-135m")["config"], repeats=1)
+    assert res["extrapolated"] and res["depths"] == [1, 2]
+    assert res["full_load_s"] == pytest.approx(res["load_s"]["2"] + 28 * res["per_layer_s"], abs=2e-3)
+
+
+@pytest.mark.gpu
+def test_measure_matches_plan_within_10_percent() -> None:
+    from t2lcli.engine.bench import measure_memory
+    from t2lcli.hardware import load_profile
+
+    res = measure_memory("llama-3.1-8b", load_profile("gpu-24gb"), context=2048)
+    assert abs(res["relative_error"]) <= 0.10, res
