@@ -385,6 +385,15 @@ def mix_descriptions(
 # --------------------------------------------------------------------------------------------- writing
 
 
+def _readable(path: Path) -> None:
+    """safetensors writes 0600 files; give weights the same permissions as the other files (0666 less the umask)."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def provenance_section(prov: dict[str, Any]) -> str:
     lines = ["## Provenance", ""]
     for k, v in prov.items():
@@ -406,6 +415,7 @@ def write_peft(adapter: Adapter, out_dir: Path, force: bool, prov: dict[str, Any
     meta = {**adapter.meta, "tool_version": __version__, "merge": prov}
     with atomic_dir(out_dir, force=force) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        _readable(tmp / WEIGHTS_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps(adapter.config, indent=2, sort_keys=True) + "\n")
         card = model_card(Adapter(adapter.config, tensors, meta)) + "\n" + extra_card + provenance_section(prov)
         (tmp / "README.md").write_text(card)
@@ -542,6 +552,7 @@ def merge_into_base(
                         tensors[k] = t.contiguous()
                         weight_map[k] = name
             save_file(tensors, str(tmp / name), metadata={"format": "pt"})
+            _readable(tmp / name)
             del tensors
             if task is not None:
                 bar.advance(task)
