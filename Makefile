@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.t2l-installed
 
-.PHONY: demo test test-slow lint install train-default bench completions docs clean
+.PHONY: demo models test test-slow lint install train-default bench completions docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,9 +18,21 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+DEFAULT_CKPT := t2lcli/checkpoints/default/t2l_config.json
+
+## make models: the embedded default models (SmolLM2 converted once into $$T2L_HOME, MiniLM from its package)
+models: $(STAMP)
+	$(BIN)/python -c "from t2lcli.engine.base_model import resolve_model as r; print('base model:', r('smollm2-135m-instruct')); print('text encoder:', r('all-minilm-l6-v2', 'encoder'))"
+
 ## make demo: generate an adapter from a held-out task description with the embedded default and preview it
-demo: $(STAMP)
-	$(BIN)/t2l generate "$$(cat demo/description.txt)" -o out/demo --force --preview "$$(cat demo/input.txt)" --max-new-tokens 48
+demo: models
+	@if [ -f $(DEFAULT_CKPT) ]; then \
+	  echo '$$ t2l generate "$$(cat demo/description.txt)" -o out/demo --force --preview "$$(cat demo/input.txt)"' >&2; \
+	  $(BIN)/t2l generate "$$(cat demo/description.txt)" -o out/demo --force --preview "$$(cat demo/input.txt)" --max-new-tokens 48; \
+	else \
+	  echo "make demo: the default T2L checkpoint is not shipped yet ($(DEFAULT_CKPT) is missing), so there is no adapter to generate; showing the resolved default hardware profile instead" >&2; \
+	  $(BIN)/t2l inspect profile cpu; \
+	fi
 
 ## make test: the test suite (unit tests; tiny models built in code, no downloads)
 test: $(STAMP)
