@@ -139,6 +139,7 @@ def _export_peft(flat: Adapter, target: str, out_dir: Path, name: str, base: str
     from t2lcli.engine.merge import write_peft
 
     served = runtime_base or _runtime_name(base)
+    flat.config["base_model_name_or_path"] = served  # what the serving engine and AutoPeftModel will look up
     path = str(out_dir.resolve())
     mods = " ".join(sorted(flat.modules()))
     if target == "vllm":
