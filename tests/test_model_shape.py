@@ -117,3 +117,28 @@ def test_bad_configs(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(T2LError, match="cannot read"):
         read_config(tmp_path)
+
+
+def test_defaults_filled_from_the_config_class():
+    """A config that leaves sizes to transformers' defaults gets the same numbers transformers would build."""
+    cfg = _config("gemma-2-2b-it")
+    del cfg["head_dim"], cfg["num_key_value_heads"]  # Gemma2Config defaults: head_dim 256 (not 2304 / 8), 4 KV heads
+    shape = shape_from_config(cfg, ["q_proj", "v_proj"])
+    assert (shape.modules["q_proj"].d_out, shape.modules["v_proj"].d_out) == (2048, 1024)
+
+
+def test_complete_configs_need_no_transformers():
+    """Generation's cold start stays free of transformers when config.json spells out the sizes."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from t2lcli.engine.base_model import shape_from_config\n"
+        f"for name in {['llama-3.1-8b-instruct', 'mistral-7b-instruct-v0.2', 'gemma-2-2b-it', 'qwen2.5-0.5b-instruct', 'gemma-3-270m']!r}:\n"
+        f"    shape_from_config(json.load(open({str(CONFIGS)!r} + '/' + name + '.json')))\n"
+        "print('transformers' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

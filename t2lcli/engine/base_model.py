@@ -75,7 +75,7 @@ def _decoder_config(config: dict[str, Any]) -> tuple[dict[str, Any], str]:
         config = {**config["text_config"], "model_type": config["text_config"].get("model_type") or f"{config.get('model_type')}_text"}
         prefix = "model.language_model.layers"
     mtype = str(config.get("model_type", ""))
-    if mtype in SUPPORTED_TYPES:
+    if mtype in SUPPORTED_TYPES and _needs_defaults(config, mtype):
         try:
             from transformers import AutoConfig
 
@@ -85,6 +85,18 @@ def _decoder_config(config: dict[str, Any]) -> tuple[dict[str, Any], str]:
         except Exception:  # an odd config: fall back to the keys it spells out
             pass
     return config, prefix
+
+
+_SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size")
+# families whose head_dim is not hidden_size // heads when the config leaves it out
+_OWN_HEAD_DIM = ("gemma", "gemma2", "gemma3", "gemma3_text", "qwen3")
+
+
+def _needs_defaults(config: dict[str, Any], mtype: str) -> bool:
+    """Only a config that leaves a size to its class default needs transformers (keeps generate's cold start light)."""
+    if any(config.get(k) is None for k in _SIZE_KEYS):
+        return True
+    return config.get("head_dim") is None and mtype in _OWN_HEAD_DIM
 
 
 def shape_from_config(config: dict[str, Any], target_modules: list[str] | None = None) -> ModelShape:
