@@ -129,6 +129,29 @@ def test_into_base_reads_a_sharded_base_and_writes_profile_or_flag_dtype(runner,
     assert (merged - ref).abs().max() < 0.05
 
 
+def test_into_base_finds_text_layers_under_another_prefix(tmp_path, tiny_base_dir, adapters):
+    """Multimodal checkpoints keep the text decoder under e.g. model.language_model.layers.N; the adapter still fits."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from t2lcli.engine.adapters import load_adapter
+    from t2lcli.engine.merge import merge_into_base
+
+    mm = tmp_path / "mm"
+    shutil.copytree(tiny_base_dir, mm)
+    sd = load_file(str(mm / "model.safetensors"))
+    save_file({k.replace("model.layers.", "model.language_model.layers."): v for k, v in sd.items()}, str(mm / "model.safetensors"))
+    merge_into_base(load_adapter(adapters["a8"]), str(mm), tmp_path / "out", dtype="float32", progress=False)
+    out = {}
+    for f in (tmp_path / "out").glob("model-*.safetensors"):
+        out.update(load_file(str(f)))
+    d = deltas(adapters["a8"])
+    key = "model.language_model.layers.1.self_attn.v_proj.weight"
+    assert torch.allclose(out[key], sd["model.layers.1.self_attn.v_proj.weight"] + d["model.layers.1.self_attn.v_proj.weight"], atol=1e-6)
+    assert torch.equal(out["model.language_model.layers.1.self_attn.k_proj.weight"], sd["model.layers.1.self_attn.k_proj.weight"])
+
+
 # --------------------------------------------------------------------------------------------- combinations
 
 

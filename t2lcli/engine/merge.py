@@ -494,8 +494,16 @@ def merge_into_base(
     keys = {k: (shape, dt) for _f, k, shape, dt in plan}
     targets: dict[str, str] = {}
     problems = []
+    by_suffix: dict[str, list[str]] = {}
+    for k in keys:
+        if ".layers." in k:
+            by_suffix.setdefault("layers." + k.split(".layers.", 1)[1], []).append(k)
     for p in adapter.prefixes():
         wkey = p[len("base_model.model."):] + ".weight"
+        if wkey not in keys and ".layers." in wkey:
+            # e.g. a multimodal checkpoint storing the text model under model.language_model.layers.N…
+            alt = by_suffix.get("layers." + wkey.split(".layers.", 1)[1], [])
+            wkey = alt[0] if len(alt) == 1 else wkey
         a, b = adapter.tensors[f"{p}.lora_A.weight"], adapter.tensors[f"{p}.lora_B.weight"]
         if wkey not in keys:
             problems.append(f"{wkey} is not in the base")
