@@ -44,6 +44,10 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check t2lcli commands profiles tests
 
+## make bench: the standard `t2l bench` set (default, Llama-8B L, Gemma-2-2B L shapes) -> benchmarks/results.{json,md} + README
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
 completions: $(STAMP)
 	$(BIN)/python -m t2lcli.devtools completions
 

@@ -14,8 +14,17 @@ import typer
 from t2lcli import __version__
 from t2lcli.console import error, set_verbosity
 
+EXAMPLES = """[b]Examples[/b]
+
+  t2l generate "Answer grade-school math word problems step by step." -o out/math
+  t2l inspect out/math --compat vllm
+  t2l bench --shapes llama-3.1-8b
+  t2l COMMAND --help                  # every command's options and examples
+"""
+
 app = typer.Typer(
     name="t2l",
+    epilog=EXAMPLES,
     help="Text-to-LoRA: turn a task description into a LoRA adapter in one forward pass.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
