@@ -33,7 +33,7 @@ def make_adapter(base_dir: Path, out: Path, r: int, seed: int, modules=("q_proj"
     return save_adapter(Adapter(cfg, tensors, {"description": f"random adapter {seed}"}), out)
 
 
-def base_logits(base_dir: Path, state_update=None) -> torch.Tensor:
+def base_logits(base_dir: Path, state_update=None, ids=None) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32).eval()
@@ -43,17 +43,17 @@ def base_logits(base_dir: Path, state_update=None) -> torch.Tensor:
             for k, d in state_update.items():
                 sd[k].add_(d)
     with torch.no_grad():
-        return model(torch.tensor(PROMPT_IDS)).logits
+        return model(torch.tensor(ids or PROMPT_IDS)).logits
 
 
-def peft_logits(base_dir: Path, adapter_dir: Path) -> torch.Tensor:
+def peft_logits(base_dir: Path, adapter_dir: Path, ids=None) -> torch.Tensor:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32).eval()
     model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
     with torch.no_grad():
-        return model(torch.tensor(PROMPT_IDS)).logits
+        return model(torch.tensor(ids or PROMPT_IDS)).logits
 
 
 def deltas(adapter_dir: Path) -> dict[str, torch.Tensor]:
@@ -473,3 +473,51 @@ def test_smollm2_into_base_matches_peft_and_gguf_q_permutation(tmp_path, monkeyp
             gg = torch.from_numpy(gguf.quants.dequantize(t[name].data, t[name].tensor_type).copy()).reshape(hf.shape)
             assert (permute_rows(hf, heads) - gg).abs().max() < 2e-2
             assert (hf - gg).abs().max() > 0.1  # and the unpermuted weight does not match
+
+
+@pytest.mark.slow
+def test_llamacpp_runtime_applies_the_gguf_export(runner, cli_app, tmp_path, monkeypatch):
+    """Real llama.cpp (the probe in tests/tools, built against llama.cpp; path in T2L_LLAMA_PROBE) loads t2l's GGUF
+    adapter on the packaged Q4_1 SmolLM2 and shifts the logits like peft does on the HF weights; two wrong exports
+    (no q/k permutation; rsLoRA scale ignored) are measurably worse, so the comparison can tell them apart."""
+    import os
+    import subprocess
+
+    import numpy as np
+
+    probe = os.environ.get("T2L_LLAMA_PROBE")
+    if not probe or not Path(probe).is_file():
+        pytest.skip("set T2L_LLAMA_PROBE to a built tests/tools/llama_lora_logits (needs a llama.cpp build)")
+    from conftest import REAL_T2L_HOME
+
+    monkeypatch.setenv("T2L_HOME", REAL_T2L_HOME)
+    import t2lcli.engine.export as ex
+    from t2lcli.engine.adapters import load_adapter
+    from t2lcli.engine.base_model import gguf_source, read_config, resolve_model
+    from t2lcli.engine.merge import fold_scale
+    from t2lcli.models import lookup
+
+    base = resolve_model("smollm2-135m-instruct")
+    src = make_adapter(base, tmp_path / "ad", r=8, seed=21, amp=0.08, modules=("q_proj", "k_proj", "v_proj"), base_name="smollm2-135m-instruct")
+    res = runner.invoke(cli_app, ["merge", str(src), "--export", "llamacpp", "-o", str(tmp_path / "gg")])
+    assert res.exit_code == 0, res.output
+    ad, cfg = load_adapter(src), read_config(base)
+    monkeypatch.setattr(ex, "PERMUTED_ARCHS", ())
+    ex.write_gguf_adapter(tmp_path / "noperm.gguf", *ex.gguf_tensors(fold_scale(ad), cfg), 8.0, "noperm")
+    monkeypatch.setattr(ex, "PERMUTED_ARCHS", ("llama",))
+    ex.write_gguf_adapter(tmp_path / "raw.gguf", *ex.gguf_tensors(ad, cfg), 16.0, "raw")  # alpha/r = 2 instead of 5.66
+
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(str(base))("The capital of France is Paris. The capital of Germany is")["input_ids"]
+    (tmp_path / "ids.txt").write_text(" ".join(map(str, ids)))
+    run = subprocess.run([probe, str(gguf_source(lookup("smollm2-135m-instruct"))), str(tmp_path / "ids.txt"), str(tmp_path / "out"),
+                          str(tmp_path / "gg" / "adapter.gguf"), str(tmp_path / "noperm.gguf"), str(tmp_path / "raw.gguf")],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    hf0, hf1 = base_logits(base, ids=[ids])[0, -1].numpy(), peft_logits(base, src, ids=[ids])[0, -1].numpy()
+    l0 = np.fromfile(tmp_path / "out.base.f32", dtype=np.float32)
+    d_hf = hf1 - hf0
+    rel = [float(np.linalg.norm((np.fromfile(tmp_path / f"out.{i}.f32", dtype=np.float32) - l0) - d_hf) / np.linalg.norm(d_hf)) for i in (1, 2, 3)]
+    assert rel[0] < 0.15, rel  # Q4_1 base vs bf16 HF weights: measured 0.05
+    assert rel[1] > 2 * rel[0] and rel[2] > 2 * rel[0], rel  # measured 0.41 and 0.45
