@@ -232,17 +232,36 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, float, float, str, str]:
-    """Run a command; returns (exit code, wall seconds, peak RSS MiB of that child, stdout, stderr)."""
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return proc.returncode, wall, round(usage.ru_maxrss / 1024, 1), out.read().decode(errors="replace"), err.read().decode(errors="replace")
+# A child's ru_maxrss is useless here: Linux keeps the high-water mark across fork/vfork + exec, so every child
+# "peaks" at least at this (large) process's RSS. Children report their own VmHWM (fresh after exec) at exit instead.
+_HWM_PRELUDE = (
+    "import atexit, os\n"
+    "def _t2l_hwm():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            open(os.environ['T2L_BENCH_HWM'], 'w').write(line.split()[1])\n"
+    "atexit.register(_t2l_hwm)\n"
+)
+
+
+def _run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, float, float | None, str, str]:
+    """Run `python -c CODE ARGS...` or `python -m t2lcli ARGS...`; returns (exit code, wall seconds, the child's own
+    peak RSS in MiB (VmHWM; None where /proc is missing), stdout, stderr)."""
+    if cmd[1] == "-m":  # run the module through the prelude so that it reports its peak RSS
+        cmd = [cmd[0], "-c", _HWM_PRELUDE + f"import runpy, sys; sys.argv = ['t2l'] + sys.argv[1:]; runpy.run_module({cmd[2]!r}, run_name='__main__')", *cmd[3:]]
+    elif cmd[1] == "-c":
+        cmd = [cmd[0], "-c", _HWM_PRELUDE + cmd[2], *cmd[3:]]
+    with tempfile.TemporaryDirectory(prefix="t2l-child-") as tmp:
+        hwm = Path(tmp) / "hwm"
+        env = dict(env or os.environ, T2L_BENCH_HWM=str(hwm))
+        t0 = time.perf_counter()
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.run(cmd, stdout=out, stderr=err, env=env, check=False)
+            wall = time.perf_counter() - t0
+            out.seek(0)
+            err.seek(0)
+            peak = round(int(hwm.read_text()) / 1024, 1) if hwm.is_file() and hwm.read_text().strip().isdigit() else None
+            return proc.returncode, wall, peak, out.read().decode(errors="replace"), err.read().decode(errors="replace")
 
 
 def _child_env() -> dict[str, str]:
@@ -471,7 +490,8 @@ def _cold_runs(req: BenchRequest, ckpt_path: str, tmpdir: str) -> tuple[list[flo
             last = err.strip().splitlines()[-1] if err.strip() else f"exit {code}"
             raise T2LError(f"cold `t2l generate` run failed: {last}")
         walls.append(wall * 1000)
-        rss.append(peak)
+        if peak is not None:
+            rss.append(peak)
         console.log(f"cold run {i + 1}/{req.cold_runs}: {wall:.2f} s")
     return walls, (max(rss) if rss else None)
 
@@ -598,7 +618,8 @@ def baseline_load_base(name: str, config: dict[str, Any], mode: str = "auto", dt
             res = json.loads(out.strip().splitlines()[-1])
             times.append(res["load_s"])
             imports.append(res["import_s"])
-            rss.append(peak)
+            if peak is not None:
+                rss.append(peak)
         loads[d] = min(times)
         console.log(f"baseline: {name} base at depth {d} loads in {loads[d]:.2f} s")
     if full:
@@ -611,7 +632,7 @@ def baseline_load_base(name: str, config: dict[str, Any], mode: str = "auto", dt
         "dtype": dtype, "base_params": counts["total"], "base_bytes": nbytes, "depths": depths,
         "load_s": {str(d): round(t, 3) for d, t in loads.items()}, "per_layer_s": None if slope is None else round(slope, 4),
         "full_load_s": round(full_s, 3), "extrapolated": not full, "import_s": round(min(imports), 3),
-        "peak_rss_mb": max(rss), "page_cache": "warm (a lower bound on a cold read from disk)",
+        "peak_rss_mb": max(rss) if rss else None, "page_cache": "warm (a lower bound on a cold read from disk)",
     }
 
 
