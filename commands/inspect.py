@@ -105,6 +105,9 @@ def _print_report(r: dict) -> None:
     if r["kind"] == "peft-adapter":
         _print_adapter(r)
         return
+    if r["kind"].startswith("t2l-checkpoint"):
+        _print_checkpoint(r)
+        return
     import yaml
 
     console.emit(yaml.safe_dump(r, sort_keys=False, allow_unicode=True).rstrip())
@@ -151,6 +154,30 @@ def _print_adapter(r: dict) -> None:
     out.print(s)
     style = "red bold" if r["verdict"]["no_op"] else "green"
     out.print(f"[{style}]{escape(r['verdict']['message'])}[/{style}]")
+
+
+def _print_checkpoint(r: dict) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    out = console.out_console()
+    enc = r["encoder"]
+    rows = [
+        ("checkpoint", r["path"]), ("format", r["kind"]), ("variant", f"{r['variant']} (latent {r['latent']}, head_in {r['head_in']})"),
+        ("parameters", f"{r['parameters']:,} trainable ({r['parameters'] / 1e6:.2f}M) + {r['frozen_parameters']:,} frozen"),
+        ("LoRA", f"r {r['r']}, alpha {r['lora_alpha']}, scale {r['scaling']:.6g} ({'rsLoRA alpha/sqrt(r)' if r['use_rslora'] else 'alpha/r'})"),
+        ("encoder", f"{enc['model']} ({enc['dim']}-d, {enc['pooling']} pooling, normalize {enc['normalize']})"),
+        ("base model", r["base_model"]), ("layers", r["n_layers"]), ("module order", ", ".join(r["module_order"])),
+        ("adapter size", f"{r['adapter_parameters']:,} parameters per generated adapter"), ("sha256", r["sha256"]),
+    ]
+    rows += [(f"provenance: {k}", v) for k, v in (r.get("provenance") or {}).items() if not isinstance(v, (dict, list))]
+    out.print(_kv_table("", [(k, escape(str(v)) if v is not None else None) for k, v in rows]))
+    t = Table(title="base shapes", title_justify="left")
+    for col in ("module", "d_in", "d_out", "PEFT key"):
+        t.add_column(col, justify="right" if col.startswith("d_") else "left")
+    for m, v in r["base_shapes"].items():
+        t.add_row(m, str(v["d_in"]), str(v["d_out"]), escape(v["path"]))
+    out.print(t)
 
 
 def _print_compat(r: dict) -> None:

@@ -96,7 +96,7 @@ def test_checkpoint_report(tiny_checkpoint_dir: Path, runner, cli_app) -> None:
     assert set(r["base_shapes"]) == {"q_proj", "v_proj"} and r["base_shapes"]["q_proj"]["d_in"] == 32
     assert r["encoder"]["dim"] == 16
     human = runner.invoke(cli_app, ["inspect", str(tiny_checkpoint_dir)])
-    assert human.exit_code == 0 and "module_order" in human.stdout
+    assert human.exit_code == 0 and "module order" in human.stdout and "base shapes" in human.stdout
 
 
 def test_bad_paths_one_line(tmp_path: Path, runner, cli_app) -> None:

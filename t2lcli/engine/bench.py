@@ -831,6 +831,11 @@ def measure_memory(shape_name: str, profile: Profile, context: int = 2048, batch
     model.eval()
     path, _ = build_shapes_checkpoint(shape_name, "L")
     gen = Generator.load(str(path), device=profile.hypernet.device, dtype=profile.hypernet.dtype, encoder_device=profile.encoder.device)
+    from t2lcli.engine.base_model import resolve_device
+    from t2lcli.engine.encoder import TextEncoder
+
+    # the encoder in the profile's dtype (the plan counts it so); Generator's lazy encoder would default to fp32
+    gen._encoder = TextEncoder(gen.ckpt.encoder, device=resolve_device(profile.encoder.device), dtype=torch_dtype(profile.encoder.dtype))
     adapter = gen.generate([DESCRIPTIONS[0]])[0]
     ids = torch.randint(0, int(cfg["vocab_size"]), (b, context), device="cuda")
     with torch.no_grad(), apply_adapter(model, adapter):
