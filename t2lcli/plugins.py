@@ -18,6 +18,7 @@ ENTRY_POINT_GROUP = "t2l.commands"
 BUILTIN_COMMANDS: dict[str, str] = {
     "generate": "t2lcli.commands.generate:generate",
     "inspect": "t2lcli.commands.inspect:inspect_cmd",
+    "eval": "t2lcli.commands.eval:eval_cmd",
     "bench": "t2lcli.commands.bench:bench",
     "convert": "t2lcli.commands.convert:convert",
     "merge": "t2lcli.commands.merge:merge",

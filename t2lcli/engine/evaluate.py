@@ -1,0 +1,933 @@
+"""`t2l eval`: benchmark conditions (base, description in the prompt, T2L adapters, given adapters) in one run,
+through lm-eval's Python API, on ONE loaded base model whose adapters are swapped in memory.
+
+Python API:
+    from t2lcli.engine.evaluate import EvalRequest, run_eval
+    from t2lcli.hardware import load_profile
+    results = run_eval(EvalRequest(tasks=["gsm8k", "arc_easy"], limit=50), load_profile("cpu"))
+
+Conditions (rows of the table):
+    base         the base model as is
+    desc-prompt  the task description prepended to the prompt (one run per description, averaged)
+    t2l          an adapter generated from each task description (averaged over the descriptions)
+    t2l-control  adapters generated from ANOTHER task's descriptions (the wrong-description control)
+    adapter      each given PEFT folder (--adapter), one row per folder
+    lora         given multi-task or per-task (oracle) LoRA folders (--lora DIR or --lora TASK=DIR), one row
+
+Results are written after every row, so an interrupted run keeps the rows it finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from t2lcli import __version__, console
+from t2lcli.engine.eval_tasks import (
+    EvalTask,
+    TaskOptions,
+    control_task_for,
+    default_descriptions,
+    load_tasks,
+    mean_stderr,
+    parse_task_names,
+)
+from t2lcli.errors import InputError, OutputExistsError, ShapeMismatchError, T2LError
+from t2lcli.hardware import Profile
+
+CONDITIONS = ("base", "desc-prompt", "t2l", "t2l-control", "adapter", "lora")
+USES_DESCRIPTIONS = ("desc-prompt", "t2l", "t2l-control")
+VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+RESULTS_JSON, RESULTS_CSV, TABLE_TXT = "results.json", "results.csv", "table.txt"
+
+
+@dataclass
+class EvalRequest:
+    """Everything `t2l eval` was asked to do (validated by `run_eval`)."""
+
+    tasks: list[str] | str
+    conditions: list[str] | None = None  # None: base, desc-prompt, t2l (+ adapter / lora when given)
+    checkpoint: str | None = None
+    descriptions: list[str] = field(default_factory=list)  # "text" (all tasks) or "TASK=text"
+    max_descriptions: int | None = None  # use only the first K descriptions per task (desc-prompt, t2l, t2l-control)
+    adapters: list[str] = field(default_factory=list)
+    loras: list[str] = field(default_factory=list)  # "DIR" (all tasks) or "TASK=DIR"
+    base_model: str | None = None
+    limit: int | None = None  # documents per task (the first N of the evaluation split)
+    task_limits: dict[str, int] = field(default_factory=dict)  # per-task overrides of `limit`
+    num_fewshot: int | None = None
+    max_new_tokens: int | None = None
+    batch_size: int | None = None
+    backend: str = "hf"
+    output: Path | None = None
+    force: bool = False
+    data_dir: str | None = None
+    allow_code_exec: bool = False
+    seed: int = 0
+    log_samples: bool = False
+    chat_template: bool = True
+    scaling: str = "rslora"
+    trust_remote_code: bool = False
+    argv: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Variant:
+    """One lm-eval run inside a cell: a description in the prompt and/or an adapter on the model."""
+
+    label: str
+    description: str | None = None
+    adapter: Any = None
+    adapter_path: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Row:
+    name: str
+    condition: str
+    variants: dict[str, list[Variant]] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+
+def _split_scoped(items: list[str], task_names: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """'TASK=value' entries whose TASK is a selected task (or the family 'arc') are scoped; the rest are global."""
+    global_, scoped = [], {}
+    for item in items:
+        head, sep, tail = item.partition("=")
+        key = head.strip()
+        targets = ["arc_easy", "arc_challenge"] if key == "arc" else [key]
+        if sep and all(t in task_names or t.startswith("sni:") for t in targets) and key and " " not in key:
+            for t in targets:
+                scoped.setdefault(t, []).append(tail.strip())
+        else:
+            global_.append(item.strip())
+    return global_, scoped
+
+
+def parse_conditions(raw: list[str] | None, req: EvalRequest) -> list[str]:
+    if raw is None:
+        conds = ["base", "desc-prompt", "t2l"]
+        if req.adapters:
+            conds.append("adapter")
+        if req.loras:
+            conds.append("lora")
+        return conds
+    conds: list[str] = []
+    for item in raw:
+        for part in item.split(","):
+            part = part.strip().lower()
+            if not part:
+                continue
+            if part not in CONDITIONS:
+                raise InputError(f"unknown condition '{part}'", hint=f"valid: {', '.join(CONDITIONS)}")
+            if part not in conds:
+                conds.append(part)
+    if not conds:
+        raise InputError("--conditions is empty", hint=f"valid: {', '.join(CONDITIONS)}")
+    return conds
+
+
+def validate(req: EvalRequest) -> list[str]:
+    """Flag-level checks that need no model or data. Returns the conditions to run.
+
+    Raises:
+        InputError: a bad value or a conflicting combination of flags.
+    """
+    if req.limit is not None and req.limit < 1:
+        raise InputError(f"--limit must be a positive number of documents, got {req.limit}")
+    for t, n in req.task_limits.items():
+        if n < 1:
+            raise InputError(f"--limit {t}={n}: must be a positive number of documents")
+    if req.num_fewshot is not None and req.num_fewshot < 0:
+        raise InputError(f"--num-fewshot must be >= 0, got {req.num_fewshot}")
+    if req.max_new_tokens is not None and req.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be >= 1, got {req.max_new_tokens}")
+    if req.max_descriptions is not None and req.max_descriptions < 1:
+        raise InputError(f"--max-descriptions must be >= 1, got {req.max_descriptions}")
+    if req.batch_size is not None and req.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {req.batch_size}")
+    if req.backend not in ("hf", "vllm"):
+        raise InputError(f"unknown backend '{req.backend}'", hint="use hf (default) or vllm")
+    if req.scaling not in ("rslora", "lora"):
+        raise InputError(f"--scaling must be rslora or lora, got '{req.scaling}'")
+    explicit = req.conditions is not None
+    conds = parse_conditions(req.conditions, req)
+    if "adapter" in conds and not req.adapters:
+        raise InputError("condition 'adapter' needs at least one --adapter DIR")
+    if "lora" in conds and not req.loras:
+        raise InputError("condition 'lora' needs --lora DIR (multi-task) or --lora TASK=DIR (per task)")
+    if explicit and req.adapters and "adapter" not in conds:
+        raise InputError("--adapter was given but --conditions does not include 'adapter'", hint="add adapter to --conditions or drop --adapter")
+    if explicit and req.loras and "lora" not in conds:
+        raise InputError("--lora was given but --conditions does not include 'lora'", hint="add lora to --conditions or drop --lora")
+    if explicit and req.checkpoint and not {"t2l", "t2l-control"} & set(conds):
+        raise InputError("--checkpoint was given but --conditions has neither t2l nor t2l-control", hint="add t2l to --conditions or drop --checkpoint")
+    if explicit and req.descriptions and not set(USES_DESCRIPTIONS) & set(conds):
+        raise InputError("--description was given but no condition uses descriptions", hint="add desc-prompt or t2l to --conditions")
+    for d in req.descriptions:
+        if not d.strip() or d.strip().endswith("="):
+            raise InputError("empty --description", hint='pass a sentence, e.g. --description "Solve math word problems." or "gsm8k=..."')
+    for x in req.loras:
+        if not x.strip() or x.strip().endswith("="):
+            raise InputError("empty --lora", hint="pass --lora DIR or --lora TASK=DIR")
+    return conds
+
+
+# ------------------------------------------------------------------------------------------------ adapters
+
+
+def model_linear_shapes(model: Any) -> dict[str, tuple[int, int]]:
+    return {n: (int(m.in_features), int(m.out_features)) for n, m in model.named_modules() if hasattr(m, "in_features") and hasattr(m, "out_features")}
+
+
+def config_linear_shapes(model_dir: Path) -> dict[str, tuple[int, int]]:
+    from t2lcli.engine.base_model import read_config, shape_from_config
+
+    shape = shape_from_config(read_config(model_dir))
+    return {s.path.format(l=i): (s.d_in, s.d_out) for s in shape.modules.values() for i in range(shape.n_layers)}
+
+
+def check_adapter_fits(adapter: Any, shapes: dict[str, tuple[int, int]], what: str, base_label: str) -> None:
+    """Refuse an adapter whose modules or tensor shapes do not match the loaded base (made for another base).
+
+    Raises:
+        ShapeMismatchError: one line naming the first mismatch and how many more there are.
+    """
+    problems = []
+    for prefix in adapter.prefixes():
+        path = prefix.removeprefix("base_model.model.")
+        a = adapter.tensors[f"{prefix}.lora_A.weight"]
+        b = adapter.tensors[f"{prefix}.lora_B.weight"]
+        if path not in shapes:
+            problems.append(f"the base has no module {path}")
+            continue
+        d_in, d_out = shapes[path]
+        if a.shape[1] != d_in or b.shape[0] != d_out:
+            problems.append(f"{path} is {d_in}->{d_out} in the base but {a.shape[1]}->{b.shape[0]} in the adapter")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ShapeMismatchError(
+            f"{what} does not fit the base model {base_label}: {problems[0]}{more}",
+            hint="was it made for another base model? pass the matching --base-model, or an adapter/checkpoint for this base",
+        )
+
+
+def _load_dir_adapter(path: str) -> Any:
+    from t2lcli.engine.adapters import load_adapter
+
+    return load_adapter(path)
+
+
+def _adapter_name(path: str, taken: set[str]) -> str:
+    base = Path(path).resolve().name or "adapter"
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}-{i}", i + 1
+    taken.add(name)
+    return name
+
+
+# ------------------------------------------------------------------------------------------------ planning
+
+
+def plan_rows(req: EvalRequest, conds: list[str], tasks: list[EvalTask], generator: Any) -> tuple[list[Row], dict[str, Any]]:
+    """Rows with their variants per task; returns (rows, description provenance)."""
+    from t2lcli.engine.adapters import tensors_sha256
+    from t2lcli.engine.generate import GenerateOptions
+
+    names = [t.name for t in tasks]
+    global_descs, scoped = _split_scoped(req.descriptions, names)
+    shipped = default_descriptions()
+
+    def descs_for(task: EvalTask) -> list[str]:
+        d = scoped.get(task.name) or global_descs or task.default_descriptions
+        if not d:
+            raise InputError(f"no description for task {task.name}", hint=f'pass --description "{task.name}=..."')
+        return d[: req.max_descriptions] if req.max_descriptions else d
+
+    desc_prov: dict[str, Any] = {"descriptions": {t.name: descs_for(t) for t in tasks} if set(USES_DESCRIPTIONS) & set(conds) else {}}
+    rows: list[Row] = []
+    opts = GenerateOptions(scaling=req.scaling)
+    for cond in conds:
+        if cond == "base":
+            rows.append(Row("base", cond, {t.name: [Variant("base")] for t in tasks}))
+        elif cond == "desc-prompt":
+            rows.append(Row(cond, cond, {t.name: [Variant(d, description=d, info={"description": d}) for d in descs_for(t)] for t in tasks}))
+        elif cond in ("t2l", "t2l-control"):
+            row = Row(cond, cond)
+            for t in tasks:
+                if cond == "t2l":
+                    descs, src = descs_for(t), t.name
+                else:
+                    src = control_task_for(t)
+                    descs = scoped.get(src) or shipped[src]
+                    descs = descs[: req.max_descriptions] if req.max_descriptions else descs
+                    desc_prov.setdefault("control", {})[t.name] = {"from_task": src, "descriptions": descs}
+                adapters = generator.generate(descs, opts)
+                row.variants[t.name] = [Variant(d, adapter=a, info={"description": d, "description_of": src, "scaling": a.scaling}) for d, a in zip(descs, adapters, strict=True)]
+            rows.append(row)
+        elif cond == "adapter":
+            taken: set[str] = set()
+            for path in req.adapters:
+                ad = _load_dir_adapter(path)
+                name = _adapter_name(path, taken)
+                info = {"path": str(Path(path).resolve()), "sha256": tensors_sha256(Path(path) / "adapter_model.safetensors"), "scaling": ad.scaling,
+                        "base_model": ad.config.get("base_model_name_or_path"), "description": ad.meta.get("description")}
+                rows.append(Row(f"adapter:{name}", cond, {t.name: [Variant(name, adapter=ad, adapter_path=path, info=info)] for t in tasks}))
+        elif cond == "lora":
+            glob_l, scoped_l = _split_scoped(req.loras, names)
+            if len(glob_l) > 1:
+                raise InputError("give at most one --lora DIR for all tasks (use --lora TASK=DIR for per-task adapters)")
+            row = Row("lora", cond)
+            cache: dict[str, Any] = {}
+            for t in tasks:
+                path = (scoped_l.get(t.name) or glob_l or [None])[-1]
+                if path is None:
+                    continue  # no LoRA for this task: the cell stays empty
+                if path not in cache:
+                    cache[path] = _load_dir_adapter(path)
+                ad = cache[path]
+                info = {"path": str(Path(path).resolve()), "sha256": tensors_sha256(Path(path) / "adapter_model.safetensors"), "scaling": ad.scaling,
+                        "kind": "per-task" if t.name in scoped_l else "multi-task"}
+                row.variants[t.name] = [Variant(Path(path).name, adapter=ad, adapter_path=path, info=info)]
+            if not row.variants:
+                raise InputError("no --lora matches the selected tasks", hint=f"tasks: {', '.join(names)}")
+            rows.append(row)
+    return rows, desc_prov
+
+
+# ------------------------------------------------------------------------------------------------ backends
+
+
+def _merge_system(chat_history: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Move lm-eval's system turn (our task description) to the front of the first user turn, so the description
+    is prepended to the prompt and the base's own default system prompt stays as in every other condition."""
+    msgs = [dict(m) for m in chat_history]
+    if not msgs or msgs[0].get("role") != "system":
+        return msgs
+    text = msgs.pop(0)["content"].strip()
+    for m in msgs:
+        if m.get("role") == "user":
+            m["content"] = f"{text}\n\n{m['content']}"
+            return msgs
+    return [{"role": "user", "content": text}, *msgs]
+
+
+def greedy_generate(model: Any, tokenizer: Any, ids: Any, mask: Any, max_new: int, stops: list[str], eos_ids: set[int], pad_id: int) -> Any:
+    """Greedy decoding with a KV cache that drops a sequence from the batch as soon as it is finished (an EOS token,
+    or one of `stops` in its decoded text), so a batch no longer runs until its longest answer. Returns
+    [batch, prompt + generated] token ids like `model.generate` (finished rows padded with `pad_id`); left-padded
+    prompts get position ids from the attention mask, as `generate` does."""
+    import torch
+
+    batch, width = ids.shape
+    device = ids.device
+    if mask is None:
+        mask = torch.ones_like(ids)
+    mask = mask.to(device).long()
+    out = torch.full((batch, max(max_new, 0)), pad_id, dtype=ids.dtype, device=device)
+    if max_new <= 0:
+        return ids
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        cache, nxt = res.past_key_values, res.logits[:, -1].argmax(-1)
+        active = torch.arange(batch, device=device)
+        last = pos[:, -1]
+        used = 0
+        for step in range(max_new):
+            out[active, step] = nxt
+            used = step + 1
+            rows = active.tolist()
+            keep = []
+            for j, row in enumerate(rows):
+                if int(nxt[j]) in eos_ids:
+                    continue
+                if stops:
+                    text = tokenizer.decode(out[row, : step + 1].tolist(), skip_special_tokens=False)
+                    if any(s and s in text for s in stops):
+                        continue
+                keep.append(j)
+            if not keep or step == max_new - 1:
+                break
+            if len(keep) < len(rows):
+                idx = torch.tensor(keep, device=device)
+                cache.batch_select_indices(idx)
+                active, nxt, mask, last = active[idx], nxt[idx], mask[idx], last[idx]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            last = last + 1
+            res = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None], past_key_values=cache, use_cache=True)
+            cache, nxt = res.past_key_values, res.logits[:, -1].argmax(-1)
+    return torch.cat([ids, out[:, :used]], dim=1)
+
+
+_CLASSES: dict[str, Any] = {}
+
+
+def _hf_lm_class() -> Any:
+    if "hf" not in _CLASSES:
+        from lm_eval.models.huggingface import HFLM
+
+        class T2LHFLM(HFLM):
+            """lm-eval's HFLM around an already loaded model; the description goes into the user turn.
+
+            Log-likelihoods share the context: a multiple-choice question's prompt is run once (KV cache) and only the
+            answer options are scored on top of it, with logits computed for the scored positions only. The result
+            equals HFLM's own computation (tested); requests that do not fit the window use HFLM's path.
+            """
+
+            share_prefix = True  # score multiple-choice options on one shared context pass
+            fast_generate = True  # greedy decoding that drops finished sequences from the batch
+
+            def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+                return super().apply_chat_template(_merge_system(chat_history), add_generation_prompt)
+
+            def _loglikelihood_tokens(self, requests: list[Any], disable_tqdm: bool = False, override_bs: int | None = None) -> list[tuple[float, bool]]:
+                if not self.share_prefix or self.backend != "causal":
+                    return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+                results: list[Any] = [None] * len(requests)
+                groups: dict[tuple[int, ...], list[int]] = {}
+                long = []
+                for i, (_, ctx, cont) in enumerate(requests):
+                    if len(ctx) + len(cont) > self.max_length + 1 or not ctx or not cont:
+                        long.append(i)
+                    else:
+                        groups.setdefault(tuple(ctx), []).append(i)
+                if long:
+                    for i, r in zip(long, super()._loglikelihood_tokens([requests[i] for i in long], True, override_bs), strict=True):
+                        results[i] = r
+                for ctx, idx in groups.items():
+                    for i, r in zip(idx, self._score_shared(list(ctx), [list(requests[i][2]) for i in idx]), strict=True):
+                        results[i] = r
+                        if requests[i][0] is not None:
+                            self.cache_hook.add_partial("loglikelihood", requests[i][0], r)
+                return results
+
+            def _model_generate(self, context: Any, max_length: int, stop: list[str], **kwargs: Any) -> Any:
+                mask = kwargs.pop("attention_mask", None)
+                greedy = not kwargs.get("do_sample") and not float(kwargs.get("temperature") or 0.0)
+                if not self.fast_generate or not greedy or set(kwargs) - {"do_sample", "temperature"} or self.backend != "causal":
+                    if mask is not None:
+                        kwargs["attention_mask"] = mask
+                    return super()._model_generate(context, max_length, stop, **kwargs)
+                eos = {self.tokenizer.eos_token_id}
+                cfg_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+                eos |= set(cfg_eos if isinstance(cfg_eos, list) else [cfg_eos])
+                return greedy_generate(self.model, self.tokenizer, context, mask, max_length - context.shape[1], stop,
+                                       {e for e in eos if e is not None}, self.tokenizer.pad_token_id or 0)
+
+            def _score_shared(self, ctx: list[int], conts: list[list[int]]) -> list[tuple[float, bool]]:
+                import torch
+                import torch.nn.functional as F
+
+                out: list[tuple[float, bool]] = []
+                step = max(1, int(self.batch_size) if str(self.batch_size).isdigit() else 8)
+                with torch.no_grad():
+                    past = None
+                    if len(ctx) > 1:
+                        past = self.model(input_ids=torch.tensor([ctx[:-1]], device=self.device), use_cache=True, logits_to_keep=1).past_key_values
+                    for s in range(0, len(conts), step):
+                        chunk = conts[s : s + step]
+                        width = max(len(c) for c in chunk)
+                        pad = self.tokenizer.pad_token_id or 0
+                        inp = torch.tensor([[ctx[-1], *c[:-1]] + [pad] * (width - len(c)) for c in chunk], device=self.device)
+                        mask = torch.tensor([[1] * (len(ctx) - 1 + len(c)) + [0] * (width - len(c)) for c in chunk], device=self.device)
+                        kwargs: dict[str, Any] = {"attention_mask": mask}
+                        if past is not None:
+                            import copy
+
+                            cache = copy.deepcopy(past) if s + step < len(conts) else past
+                            if len(chunk) > 1:
+                                cache.batch_repeat_interleave(len(chunk))
+                            kwargs.update(past_key_values=cache, use_cache=True)
+                        logp = F.log_softmax(self.model(input_ids=inp, **kwargs).logits, dim=-1, dtype=self.softmax_dtype)
+                        for j, c in enumerate(chunk):
+                            lp = logp[j, : len(c)]
+                            toks = torch.tensor(c, device=self.device)
+                            greedy = bool((lp.argmax(dim=-1) == toks).all())
+                            out.append((float(lp.gather(1, toks[:, None]).sum()), greedy))
+                return out
+
+        _CLASSES["hf"] = T2LHFLM
+    return _CLASSES["hf"]
+
+
+class _NoHandle:
+    def remove(self) -> None:
+        pass
+
+
+class HFBackend:
+    """One loaded transformers model; adapters are forward hooks added and removed around each run."""
+
+    name = "hf"
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int, chat: bool) -> None:
+        self.model, self.tokenizer, self.chat = model, tokenizer, chat
+        self.lm = _hf_lm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        return model_linear_shapes(self.model)
+
+    def activate(self, variant: Variant) -> Any:
+        if variant.adapter is None:
+            return _NoHandle()
+        from t2lcli.engine.lora_hooks import apply_adapter
+
+        return apply_adapter(self.model, variant.adapter)
+
+
+class VLLMBackend:
+    """One vLLM engine for all adapters: LoRA requests swap adapters; rank limits are checked before start."""
+
+    name = "vllm"
+
+    def __init__(self, model_dir: Path, profile: Profile, adapters: list[Any], seed: int, chat: bool, workdir: Path) -> None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise T2LError("--backend vllm needs a CUDA GPU and none is available here", hint="use --backend hf (the default)")
+        try:
+            from lm_eval.models.vllm_causallms import VLLM
+            from vllm.lora.request import LoRARequest
+        except ImportError:
+            raise T2LError("--backend vllm needs the vllm package", hint="pip install 't2lcli[vllm]' on a CUDA machine, or use --backend hf") from None
+        self.LoRARequest = LoRARequest
+        self.chat, self.workdir, self.model_dir = chat, workdir, model_dir
+        max_r = max((a.r for a in adapters), default=0)
+        rank = next((r for r in VLLM_RANKS if r >= max_r), None)
+        if rank is None:
+            raise T2LError(f"an adapter has rank {max_r}; vLLM supports LoRA ranks up to {VLLM_RANKS[-1]}", hint="use --backend hf")
+        extra: dict[str, Any] = {}
+        if adapters:
+            # one adapter is active at a time; keep all of them cached on the CPU so switching never re-reads disk
+            extra = {"enable_lora": True, "max_lora_rank": rank, "max_loras": 1, "max_cpu_loras": max(1, len(adapters))}
+
+        class T2LVLLM(VLLM):
+            def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+                return super().apply_chat_template(_merge_system(chat_history), add_generation_prompt)
+
+        dtype = profile.base.dtype if profile.base.dtype in ("float16", "bfloat16", "float32") else "auto"
+        self.lm = T2LVLLM(pretrained=str(model_dir), dtype=dtype, seed=seed, batch_size="auto", **extra)
+        self._ids: dict[int, tuple[int, str]] = {}
+
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        return config_linear_shapes(self.model_dir)
+
+    def activate(self, variant: Variant) -> Any:
+        if variant.adapter is None:
+            self.lm.lora_request = None
+            return _NoHandle()
+        key = id(variant.adapter)
+        if key not in self._ids:
+            path = variant.adapter_path
+            if path is None:  # a generated adapter: write it once as a PEFT folder vLLM can read
+                from t2lcli.engine.adapters import save_adapter
+
+                path = str(save_adapter(variant.adapter, self.workdir / f"lora-{len(self._ids) + 1}", force=True))
+            self._ids[key] = (len(self._ids) + 1, path)
+        lora_id, path = self._ids[key]
+        self.lm.lora_request = self.LoRARequest(f"t2l-{lora_id}", lora_id, path)
+        backend = self
+
+        class _Handle:
+            def remove(self) -> None:
+                backend.lm.lora_request = None
+
+        return _Handle()
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+@contextmanager
+def _quiet_libraries(verbose: bool) -> Any:
+    """lm-eval and transformers log every step at INFO/WARNING; keep stderr readable unless -v."""
+    names = ["lm_eval", "lm-eval", "transformers", "datasets", "accelerate"]
+    old = {n: logging.getLogger(n).level for n in names}
+    patched: list[tuple[Any, Any]] = []
+    if not verbose:
+        for n in names:
+            logging.getLogger(n).setLevel(logging.ERROR)
+        # lm-eval draws its own tqdm bars with an explicit disable=False; silence them in lm-eval's modules only
+        import lm_eval.api.task  # noqa: F401
+        import lm_eval.evaluator  # noqa: F401
+        import lm_eval.models.huggingface  # noqa: F401
+        from tqdm import tqdm as _tqdm
+
+        class _Quiet(_tqdm):  # type: ignore[misc, valid-type]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                kwargs["disable"] = True
+                super().__init__(*args, **kwargs)
+
+        for mod_name, mod in list(sys.modules.items()):
+            if mod_name.startswith("lm_eval") and getattr(mod, "tqdm", None) is _tqdm:
+                patched.append((mod, _tqdm))
+                mod.tqdm = _Quiet
+    try:
+        yield
+    finally:
+        for n, lvl in old.items():
+            logging.getLogger(n).setLevel(lvl)
+        for mod, orig in patched:
+            mod.tqdm = orig
+
+
+def run_lm_eval(lm: Any, cfg: dict[str, Any], limit: int | None, seed: int, chat: bool) -> dict[str, Any]:
+    """One lm-eval run of one task config on an LM object (offline task manager, no built-in task index)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    return simple_evaluate(
+        model=lm, tasks=[cfg], task_manager=TaskManager(include_defaults=False), limit=limit, log_samples=True,
+        apply_chat_template=chat, fewshot_as_multiturn=chat, bootstrap_iters=1000, random_seed=seed, numpy_random_seed=seed,
+        torch_random_seed=seed, fewshot_random_seed=seed, confirm_run_unsafe_code=True, verbosity="ERROR",
+    )
+
+
+def _per_doc(samples: list[dict[str, Any]], metric: str, filt: str) -> dict[int, float]:
+    out = {}
+    for s in samples:
+        if s.get("filter", "none") == filt and metric in s:
+            out[int(s["doc_id"])] = float(s[metric])
+    return out
+
+
+def summarize_variant(res: dict[str, Any], task: EvalTask) -> tuple[dict[str, Any], dict[int, float], list[dict[str, Any]]]:
+    """lm-eval output -> (variant summary, per-document primary metric, raw samples)."""
+    r = res["results"][task.name]
+    key = f"{task.metric},{task.filter}"
+    if key not in r:
+        raise T2LError(f"lm-eval returned no {key} for {task.name} (got {sorted(k for k in r if ',' in k)})")
+    samples = res["samples"][task.name]
+    per_doc = _per_doc(samples, task.metric, task.filter)
+    metrics = {k: v for k, v in r.items() if "," in k and isinstance(v, (int, float))}
+    se = r.get(f"{task.metric}_stderr,{task.filter}")
+    summary = {"score": float(r[key]), "stderr": float(se) if isinstance(se, (int, float)) else None, "n": len(per_doc), "metrics": metrics}
+    return summary, per_doc, samples
+
+
+def combine(variants: list[dict[str, Any]], per_docs: list[dict[int, float]]) -> dict[str, Any]:
+    """Mean over variants; stderr of the per-document means (equals lm-eval's stderr for one variant)."""
+    docs = sorted(set.intersection(*(set(p) for p in per_docs))) if per_docs else []
+    means = [sum(p[d] for p in per_docs) / len(per_docs) for d in docs]
+    score = sum(v["score"] for v in variants) / len(variants)
+    se = mean_stderr(means)
+    return {"score": score, "stderr": None if math.isnan(se) else se, "n": len(docs), "n_variants": len(variants)}
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:120]
+
+
+class ResultsWriter:
+    """results.json / results.csv / table.txt (+ samples/) in the output folder, rewritten atomically after each row."""
+
+    def __init__(self, out: Path, provenance: dict[str, Any], tasks: list[EvalTask], order: list[str]) -> None:
+        self.out = out
+        self.doc: dict[str, Any] = {
+            "format": "t2l-eval-results", "version": 1, "status": "running", "provenance": provenance,
+            "tasks": {t.name: {"metric": t.metric, "filter": t.filter, "split": t.eval_split, "n_docs": t.n_docs, "source": t.sources} for t in tasks},
+            "order": order, "rows": {},
+        }
+        self.task_names = [t.name for t in tasks]
+
+    def add_row(self, name: str, row: dict[str, Any]) -> None:
+        cells = [row["tasks"][t]["score"] for t in self.task_names if t in row["tasks"]]
+        row["average"] = sum(cells) / len(cells) if cells and len(cells) == len(self.task_names) else None
+        self.doc["rows"][name] = row
+
+    def write(self, status: str | None = None) -> None:
+        from t2lcli.engine.atomic import atomic_write_bytes
+
+        if status:
+            self.doc["status"] = status
+        self.doc["updated"] = _now()
+        atomic_write_bytes(self.out / RESULTS_JSON, (json.dumps(self.doc, indent=1, ensure_ascii=False, default=str) + "\n").encode())
+        atomic_write_bytes(self.out / RESULTS_CSV, self.csv().encode())
+        atomic_write_bytes(self.out / TABLE_TXT, render_text(self.doc).encode())
+
+    def csv(self) -> str:
+        p = self.doc["provenance"]
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["condition", "task", "metric", "score", "stderr", "n", "n_variants", "seconds", "model", "checkpoint_sha256",
+                    "seed", "limit", "num_fewshot", "tool_version", "lm_eval_version", "date", "status"])
+        model, sha = p["model"]["spec"], (p.get("checkpoint") or {}).get("sha256", "")
+        tail = [p["num_fewshot"], p["tool_version"], p["lm_eval_version"], p["date"], self.doc["status"]]
+        for name, row in self.doc["rows"].items():
+            for t in self.task_names:
+                c = row["tasks"].get(t)
+                if c is not None:
+                    w.writerow([name, t, self.doc["tasks"][t]["metric"], c["score"], c["stderr"], c["n"], c["n_variants"], c["seconds"],
+                                model, sha, p["seed"], p["limits"].get(t), *tail])
+            if row.get("average") is not None:
+                w.writerow([name, "average", "mean of tasks", row["average"], "", "", "", row["seconds"], model, sha, p["seed"], "", *tail])
+        return buf.getvalue()
+
+    def samples(self, row: str, task: str, index: int, samples: list[dict[str, Any]]) -> None:
+        from t2lcli.engine.atomic import atomic_write_bytes
+
+        lines = [json.dumps(s, ensure_ascii=False, default=str) for s in samples]
+        atomic_write_bytes(self.out / "samples" / f"{_safe(row)}__{_safe(task)}__{index}.jsonl", ("\n".join(lines) + "\n").encode())
+
+
+def _fmt(x: float | None, scale: float = 100.0) -> str:
+    return "–" if x is None else f"{x * scale:.1f}"
+
+
+def table_data(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    tasks = list(doc["tasks"])
+    header = ["condition"] + [f"{t} ({doc['tasks'][t]['metric']}, n={_n(doc, t)})" for t in tasks] + ["average"]
+    rows = []
+    for name in doc["order"]:
+        row = doc["rows"].get(name)
+        if row is None:
+            continue
+        cells = [name]
+        for t in tasks:
+            c = row["tasks"].get(t)
+            if c is None:
+                cells.append("–")
+            else:
+                se = "" if c["stderr"] is None else f" ± {_fmt(c['stderr'])}"
+                extra = f" [{c['n_variants']}×]" if c["n_variants"] > 1 else ""
+                cells.append(f"{_fmt(c['score'])}{se}{extra}")
+        cells.append(_fmt(row.get("average")))
+        rows.append(cells)
+    return header, rows
+
+
+def _n(doc: dict[str, Any], task: str) -> str:
+    ns = {r["tasks"][task]["n"] for r in doc["rows"].values() if task in r["tasks"]}
+    return "/".join(str(n) for n in sorted(ns)) or "?"
+
+
+def rich_table(doc: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    header, rows = table_data(doc)
+    p = doc["provenance"]
+    from rich.markup import escape
+
+    title = f"t2l eval · {p['model']['spec']} · {p['num_fewshot_label']} · scores in %"
+    table = Table(title=escape(title), caption=escape("± = standard error; [k×] = mean over k descriptions"), show_lines=False)
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for r in rows:
+        table.add_row(*[escape(c) for c in r])
+    return table
+
+
+def render_text(doc: dict[str, Any]) -> str:
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=200, no_color=True, highlight=False).print(rich_table(doc))
+    status = doc["status"]
+    return buf.getvalue() + ("" if status == "complete" else f"(status: {status})\n")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("lm_eval", "torch", "transformers", "peft", "datasets"):
+        try:
+            out[pkg] = version(pkg.replace("_", "-"))
+        except PackageNotFoundError:
+            out[pkg] = "n/a"
+    return out
+
+
+def _task_limit(req: EvalRequest, task: str) -> int | None:
+    if task in req.task_limits:
+        return req.task_limits[task]
+    if task in ("arc_easy", "arc_challenge") and "arc" in req.task_limits:
+        return req.task_limits["arc"]
+    return req.limit
+
+
+def _resolve_output(req: EvalRequest) -> Path:
+    out = req.output or Path("results") / datetime.now().strftime("eval-%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output exists and is not a folder: {out}", hint="choose another --output")
+    if (out / RESULTS_JSON).exists() and not req.force:
+        raise OutputExistsError(f"output already holds results: {out / RESULTS_JSON}", hint="pass --force to replace them, or choose another --output")
+    return out
+
+
+def run_eval(req: EvalRequest, profile: Profile, on_row: Any = None) -> dict[str, Any]:
+    """Validate, load once, run every row, write results after each row; returns the results document.
+
+    Raises:
+        InputError, DataError, ShapeMismatchError, CheckpointError, ModelNotFoundError, OutputExistsError: bad input,
+        each as one clear line before any model is loaded where possible.
+    """
+    t_start = time.perf_counter()
+    conds = validate(req)
+    names = parse_task_names(req.tasks)
+    unknown = sorted(set(req.task_limits) - set(names) - ({"arc"} if {"arc_easy", "arc_challenge"} & set(names) else set()))
+    if unknown:
+        raise InputError(f"--limit names a task that is not evaluated: {', '.join(unknown)}", hint=f"tasks: {', '.join(names)}")
+    tasks = load_tasks(names, req.data_dir)
+    limits = {t.name: _task_limit(req, t.name) for t in tasks}
+    code_tasks = [t.name for t in tasks if t.needs_code_exec]
+    if code_tasks and not req.allow_code_exec:
+        raise InputError(f"{', '.join(code_tasks)} run model-written code; refused without --allow-code-exec",
+                         hint="add --allow-code-exec (runs in a subprocess with a timeout and no network; use a throwaway machine)")
+    if req.backend == "vllm" and not str(profile.base.device).startswith(("cuda", "auto")):
+        raise InputError(f"--backend vllm runs on a CUDA GPU, but profile '{profile.name}' puts the base on {profile.base.device}",
+                         hint="use a GPU profile (e.g. --profile gpu-24gb) or --backend hf")
+    out = _resolve_output(req)
+    from t2lcli.engine import code_exec
+
+    code_exec.allow(req.allow_code_exec)
+
+    # adapters given as folders: validate them before loading anything big
+    glob_l, scoped_l = _split_scoped(req.loras, names)
+    for path in [*req.adapters, *glob_l, *[p for ps in scoped_l.values() for p in ps]]:
+        _load_dir_adapter(path)
+
+    generator = None
+    ckpt_prov = None
+    if {"t2l", "t2l-control"} & set(conds):
+        from t2lcli.engine.generate import Generator
+
+        generator = Generator.load(req.checkpoint, device=profile.hypernet.device, dtype=profile.hypernet.dtype,
+                                   encoder_device=profile.encoder.device, trust_remote_code=req.trust_remote_code)
+        c = generator.ckpt
+        ckpt_prov = {"spec": req.checkpoint or "default", "path": str(c.path) if c.path else None, "sha256": c.sha256, "format": c.format,
+                     "base_model": c.base_model, "encoder": c.encoder.model, "scaling": req.scaling,
+                     "effective_scale": c.config.scaling if req.scaling == "rslora" else c.config.lora_alpha / c.config.r}
+
+    base_spec = req.base_model or (generator.ckpt.base_model if generator else None)
+    if base_spec is None and req.adapters:
+        base_spec = _load_dir_adapter(req.adapters[0]).config.get("base_model_name_or_path")
+    from t2lcli import models as registry
+    from t2lcli.engine.base_model import resolve_model
+
+    base_spec = base_spec or registry.DEFAULT_BASE
+    model_dir = resolve_model(base_spec, "base")
+
+    rows, desc_prov = plan_rows(req, conds, tasks, generator)
+    all_adapters = [v.adapter for r in rows for vs in r.variants.values() for v in vs if v.adapter is not None]
+
+    import torch
+
+    if profile.threads:
+        torch.set_num_threads(profile.threads)
+    verbose = console.verbosity() > 0
+    with _quiet_libraries(verbose):
+        t0 = time.perf_counter()
+        if req.backend == "vllm":
+            out.mkdir(parents=True, exist_ok=True)
+            backend: Any = VLLMBackend(model_dir, profile, all_adapters, req.seed, req.chat_template, out / ".vllm-adapters")
+            chat = req.chat_template
+            dtype = profile.base.dtype
+        else:
+            from t2lcli.engine.base_model import load_base_model
+
+            model, tok = load_base_model(str(model_dir), profile.base)
+            chat = bool(req.chat_template and getattr(tok, "chat_template", None))
+            backend = HFBackend(model, tok, req.batch_size or profile.base.batch_size, chat)
+            dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        load_s = time.perf_counter() - t0
+
+        shapes = backend.shapes()
+        seen: set[int] = set()
+        for r in rows:
+            for vs in r.variants.values():
+                for v in vs:
+                    if v.adapter is not None and id(v.adapter) not in seen:
+                        seen.add(id(v.adapter))
+                        what = f"adapter {v.adapter_path}" if v.adapter_path else f"the adapter generated by checkpoint {ckpt_prov['path'] if ckpt_prov else ''}"
+                        check_adapter_fits(v.adapter, shapes, what, base_spec)
+
+        versions = _versions()
+        provenance = {
+            "tool": "t2l", "tool_version": __version__, "command": req.argv or sys.argv, "date": _now(),
+            "lm_eval_version": versions["lm_eval"], "versions": versions, "python": platform.python_version(),
+            "model": {"spec": base_spec, "path": str(model_dir), "dtype": dtype, "device": profile.base.device,
+                      "quantization": profile.base.quantization, "chat_template": chat},
+            "profile": profile.name, "backend": req.backend, "batch_size": req.batch_size or profile.base.batch_size,
+            "checkpoint": ckpt_prov, "seed": req.seed, "limit": req.limit, "limits": limits, "num_fewshot": req.num_fewshot,
+            "num_fewshot_label": "0-shot" if not req.num_fewshot else f"{req.num_fewshot}-shot",
+            "max_new_tokens": req.max_new_tokens, "conditions": conds, "data_dir": req.data_dir or os.environ.get("T2L_DATA_DIR") or "package",
+            "sni_slice": "instances[int(0.9*n):] (last 10%)", "fewshot_pool": "train pool if shipped, else the eval split minus the scored doc",
+            **desc_prov,
+            "adapters": {r.name: [v.info for v in next(iter(r.variants.values()))] for r in rows if r.condition in ("adapter",)},
+            "loras": {t: [v.info for v in vs] for r in rows if r.condition == "lora" for t, vs in r.variants.items()},
+            "model_load_seconds": round(load_s, 3), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        }
+        writer = ResultsWriter(out, provenance, tasks, [r.name for r in rows])
+        out.mkdir(parents=True, exist_ok=True)
+        writer.write("running")
+        options = TaskOptions(chat=chat, num_fewshot=req.num_fewshot, max_new_tokens=req.max_new_tokens)
+        try:
+            for row in rows:
+                t_row, c_row = time.perf_counter(), time.process_time()
+                cells: dict[str, Any] = {}
+                for task in tasks:
+                    variants = row.variants.get(task.name)
+                    if not variants:
+                        continue
+                    t_cell = time.perf_counter()
+                    summaries, per_docs = [], []
+                    for i, v in enumerate(variants):
+                        label = f"{row.name} · {task.name}" + (f" · {i + 1}/{len(variants)}" if len(variants) > 1 else "")
+                        console.log(f"eval {label}")
+                        cfg = task.config(TaskOptions(options.chat, options.num_fewshot, options.max_new_tokens, v.description))
+                        t_var, c_var = time.perf_counter(), time.process_time()
+                        handle = backend.activate(v)
+                        try:
+                            res = run_lm_eval(backend.lm, cfg, limits.get(task.name), req.seed, chat)
+                        finally:
+                            handle.remove()
+                        summary, per_doc, samples = summarize_variant(res, task)
+                        summary.update(label=v.label, seconds=round(time.perf_counter() - t_var, 3), cpu_seconds=round(time.process_time() - c_var, 3),
+                                       **({"info": v.info} if v.info else {}))
+                        summaries.append(summary)
+                        per_docs.append(per_doc)
+                        if req.log_samples:
+                            writer.samples(row.name, task.name, i, samples)
+                    cell = combine(summaries, per_docs)
+                    cell.update(metric=task.metric, filter=task.filter, seconds=round(time.perf_counter() - t_cell, 3), variants=summaries)
+                    cells[task.name] = cell
+                row_doc = {"condition": row.condition, "seconds": round(time.perf_counter() - t_row, 3),
+                           "cpu_seconds": round(time.process_time() - c_row, 3), "tasks": cells}
+                writer.add_row(row.name, row_doc)
+                writer.write()
+                console.log(f"finished {row.name} in {row_doc['seconds']:.1f} s (cpu {row_doc['cpu_seconds']:.1f} s)")
+                if on_row is not None:
+                    on_row(row.name, row_doc)
+        except KeyboardInterrupt:
+            writer.write("interrupted")
+            raise
+        except BaseException as exc:
+            writer.doc["error"] = f"{type(exc).__name__}: {exc}"
+            writer.write("failed")
+            raise
+        writer.doc["seconds"] = round(time.perf_counter() - t_start, 3)
+        writer.write("complete")
+    writer.doc["output"] = str(out)
+    return writer.doc
