@@ -65,6 +65,7 @@ _t2l() {
             '--conditions[Comma list of rows - base, desc-prompt, t2l, t2l-control (another tasks descriptions), adapter, lora. Default - base,desc-prompt,t2l (+adapter/lora when given).]:conditions: ' \
             '(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files' \
             '*'{--description,-d}'[A task description for desc-prompt/t2l (repeatable; TASK=text scopes it to one task). Default - three shipped per benchmark.]:description: ' \
+            '--max-descriptions[Use only the first K descriptions per task (each description is one more run).]:max-descriptions: ' \
             '*'{--adapter,-a}'[A PEFT LoRA folder to evaluate (repeatable; one row each).]:adapter: ' \
             '*--lora[Multi-task LoRA folder for all tasks, or TASK=DIR for a per-task (oracle) LoRA (repeatable; one lora row).]:lora: ' \
             '*'{--limit,-n}'[Evaluate only the first N documents of each task; TASK=N for one task (repeatable).]:limit: ' \
@@ -96,7 +97,7 @@ _t2l() {
             '(--runs -n)'{--runs,-n}'[Warm (in-process) repetitions.]:runs: ' \
             '--cold-runs[Fresh `t2l generate` processes (0 skips the cold measurement).]:cold-runs: ' \
             '(--batch -b)'{--batch,-b}'[Batch sizes for throughput, comma-separated.]:batch: ' \
-            '--baseline[Load-the-base baseline - auto (full up to 3 GiB, else depths 1-2 extrapolated), full, sampled or none.]:baseline:(auto full sampled none)' \
+            '--baseline[Load-the-base baseline - auto (full up to 3 GiB, else depths 1 and 4 extrapolated), full, sampled or none.]:baseline:(auto full sampled none)' \
             '--plan[Print the profiles GPU memory budget for --shapes instead of benchmarking.]' \
             '--measure[With --plan, on CUDA - load the real-shaped base and measure peak VRAM.]' \
             '--context[--plan - tokens per sequence for the KV cache and activations.]:context: ' \
