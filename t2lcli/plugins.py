@@ -20,8 +20,9 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "inspect": "t2lcli.commands.inspect:inspect_cmd",
     "eval": "t2lcli.commands.eval:eval_cmd",
     "bench": "t2lcli.commands.bench:bench",
-    "convert": "t2lcli.commands.convert:convert",
     "merge": "t2lcli.commands.merge:merge",
+    "convert": "t2lcli.commands.convert:convert",
+    "train": "t2lcli.commands.train:train",
 }
 
 

@@ -36,7 +36,7 @@ def _make_hook(a: torch.Tensor, b: torch.Tensor, scale: float, dropout: float = 
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
         x = inputs[0]
-        if dropout and module.training:
+        if dropout:
             x = torch.nn.functional.dropout(x, dropout, True)
         aa, bb = a.to(x.dtype), b.to(x.dtype)
         if aa.dim() == 2:
@@ -49,7 +49,8 @@ def _make_hook(a: torch.Tensor, b: torch.Tensor, scale: float, dropout: float = 
 
 
 def apply_factors(model: nn.Module, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], scale: float, dropout: float = 0.0) -> HookHandle:
-    """`factors` maps a module path (e.g. `model.layers.3.self_attn.q_proj`) to (A, B)."""
+    """`factors` maps a module path (e.g. `model.layers.3.self_attn.q_proj`) to (A, B). `dropout` > 0 (training
+    only) drops LoRA inputs, as peft's lora_dropout does."""
     handle = HookHandle()
     named = dict(model.named_modules())
     for path, (a, b) in factors.items():

@@ -1,0 +1,81 @@
+"""`t2l train`: train a T2L hypernetwork (sft/recon) or a LoRA baseline from a YAML recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from t2lcli import console
+from t2lcli.errors import InputError
+from t2lcli.options import JsonOpt, ProfileOpt, SetOpt
+
+EXAMPLES = """[b]Examples[/b]
+
+  t2l train --list-recipes
+  t2l train --show-recipe default > my.yaml                      # print a shipped recipe to edit
+  t2l train default -o runs/default                              # the shipped default checkpoint's recipe
+  t2l train my.yaml -o runs/x --set train.steps=200 --set train.lr=1e-4
+  t2l train my.yaml -o runs/x --resume                           # continue an interrupted run exactly
+  t2l train my.yaml -o runs/mt --set mode=lora                   # multi-task LoRA baseline (one adapter)
+  torchrun --nproc-per-node 2 -m t2lcli train my.yaml -o runs/ddp   # distributed (DDP)
+"""
+
+
+def train(
+    recipe: Annotated[str | None, typer.Argument(help="A shipped recipe name or a recipe YAML path.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder (checkpoints/, metrics.jsonl, final/).")] = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its latest checkpoint.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Delete an existing run in --output and start over.")] = False,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps (overrides the recipe's train.steps if lower).")] = None,
+    time_budget: Annotated[float | None, typer.Option("--time-budget", help="Stop (with a checkpoint) after this many seconds.")] = None,
+    list_recipes: Annotated[bool, typer.Option("--list-recipes", help="List the shipped recipes and exit.")] = False,
+    show_recipe: Annotated[str | None, typer.Option("--show-recipe", help="Print a shipped recipe (for editing) and exit.")] = None,
+    profile: ProfileOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a hypernetwork (SFT or reconstruction) or a LoRA baseline from a recipe."""
+    from t2lcli import recipe as recipes
+
+    if list_recipes:
+        for name in recipes.list_recipes():
+            console.emit(name)
+        return
+    if show_recipe:
+        console.emit(recipes.locate_recipe(show_recipe).read_text(encoding="utf-8").rstrip())
+        return
+    if recipe is None or output is None:
+        raise InputError("give a RECIPE and --output DIR", hint="t2l train --list-recipes shows the shipped recipes")
+    if max_steps is not None and max_steps < 1:
+        raise InputError("--max-steps must be at least 1")
+    if resume and force:
+        raise InputError("--resume and --force contradict each other")
+    rec = recipes.load_recipe(recipe, set_)
+    from t2lcli.hardware import load_profile
+
+    prof = load_profile(profile)
+    from t2lcli.engine.base_model import resolve_device
+    from t2lcli.engine.train import run_training
+
+    device = resolve_device(prof.base.device)
+    res = run_training(rec, output, resume=resume, force=force, max_steps=max_steps, time_budget_s=time_budget, device=device,
+                       on_metrics=None if json_out else _print_metrics)
+    summary = {"output": str(res.output), "steps": res.steps, "final": str(res.final) if res.final else None,
+               "last_loss": res.last_loss, "seconds": round(res.seconds, 1), "stopped": res.stopped, "metrics": str(res.metrics_path)}
+    if json_out:
+        console.emit_json(summary)
+    else:
+        console.emit(f"{res.stopped}: {res.steps} steps in {res.seconds:.0f}s; final: {summary['final'] or '(not yet: resume to finish)'}")
+    if res.stopped == "nan":
+        raise typer.Exit(1)
+
+
+def _print_metrics(m: dict) -> None:
+    parts = [f"step {m['step']}", f"loss {m['loss']:.4f}", f"lr {m['lr']:.2e}", f"{m['step_s']:.2f}s/step"]
+    parts += [f"{k} {m[k]:.4f}" for k in ("val_seen", "val_unseen") if k in m]
+    console.log("  ".join(parts))
+
+
+train.__t2l_examples__ = EXAMPLES  # type: ignore[attr-defined]

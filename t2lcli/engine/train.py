@@ -1,0 +1,577 @@
+"""Training: SFT of the T2L hypernetwork, a multi-task/oracle LoRA baseline (`lora`), and reconstruction (`recon`).
+
+SFT (the T2L recipe): each step samples n tasks, one example and one training description per task; the
+hypernetwork generates one LoRA per example; the LoRAs are applied to the frozen base with forward hooks (batched
+einsum, no per-token copies); the loss is completion-only cross-entropy (each sample weighted equally) plus L2 on the
+generated factors. Gradients flow only into the hypernetwork.
+
+Resumable: every `log.ckpt_every` steps a native checkpoint + trainer state (optimizer, scheduler, sampler and torch
+RNG) is written atomically; `resume=True` continues exactly. Runs under torchrun (DDP, gloo/nccl) unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from t2lcli import console
+from t2lcli.engine.atomic import atomic_dir, atomic_write_bytes
+from t2lcli.engine.data import HierarchicalSampler, Task, answer_of, build_prompt, load_sni_task, load_user_tasks
+from t2lcli.errors import DataError, T2LError
+from t2lcli.recipe import Recipe
+
+STATE_NAME = "trainer_state.pt"
+RUN_NAME = "run.json"
+
+
+# ------------------------------------------------------------------------------------------- generators of factors
+
+
+class FixedLoRA(nn.Module):
+    """One learned LoRA shared by every example (the multi-task / oracle baseline); ignores the task embedding."""
+
+    def __init__(self, n_layers: int, dims: dict[str, list[int]], r: int, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.modules_order = list(dims)
+        self.A = nn.ParameterDict(
+            {m: nn.Parameter((torch.rand(n_layers, r, d[0], generator=g) * 2 - 1) / math.sqrt(d[0])) for m, d in dims.items()}
+        )
+        self.B = nn.ParameterDict({m: nn.Parameter(torch.zeros(n_layers, d[1], r)) for m, d in dims.items()})
+
+    def forward(self, emb: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        n = emb.shape[0]
+        return {m: (self.A[m].expand(n, *self.A[m].shape), self.B[m].expand(n, *self.B[m].shape)) for m in self.modules_order}
+
+
+# ------------------------------------------------------------------------------------------- data preparation
+
+
+@dataclass
+class Prepared:
+    tasks: list[Task]
+    heldout: list[Task]
+    dropped: dict[str, str]
+    too_long: int
+
+
+def select_tasks(recipe: Recipe) -> tuple[list[Task], list[Task]]:
+    d = recipe.data
+    if d.user_jsonl:
+        tasks = load_user_tasks(Path(d.user_jsonl), Path(d.user_descriptions))
+        held = [t for t in tasks if t.name in set(d.heldout_tasks)]
+        return [t for t in tasks if t.name not in set(d.heldout_tasks) | set(d.exclude_tasks)], held
+    sni = Path(d.sni_dir)
+    if not sni.is_dir():
+        raise DataError(f"SNI data folder not found: {sni}", hint="set data.sni_dir (paths are relative to the current folder)")
+    desc_dir = Path(d.descriptions_dir) if d.descriptions_dir else None
+    if desc_dir is not None and not desc_dir.is_dir():
+        raise DataError(f"descriptions folder not found: {desc_dir}", hint="set data.descriptions_dir")
+    names = d.train_tasks or sorted(p.name[: -len(".meta.json")] for p in sni.glob("*.meta.json"))
+    skip = set(d.heldout_tasks) | set(d.exclude_tasks)
+    train = [load_sni_task(sni, n, desc_dir, d.max_instances_per_task) for n in names if n not in skip]
+    held = [load_sni_task(sni, n, desc_dir, None) for n in d.heldout_tasks]
+    if not train:
+        raise DataError("no training tasks selected")
+    return train, held
+
+
+class Tokenized:
+    """Tokenises prompt/answer pairs through the base's chat template; completion-only labels."""
+
+    def __init__(self, tokenizer: Any, max_len: int) -> None:
+        self.tok = tokenizer
+        self.max_len = max_len
+        self.has_template = bool(getattr(tokenizer, "chat_template", None))
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        if self.has_template:
+            ids = self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True, add_generation_prompt=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            return list(ids)
+        return list(self.tok(prompt)["input_ids"])
+
+    def encode(self, prompt: str, answer: str) -> tuple[list[int], int] | None:
+        p = self.prompt_ids(prompt)
+        a = list(self.tok(answer, add_special_tokens=False)["input_ids"])
+        eos = self.tok.eos_token_id
+        if self.has_template:
+            end = self.tok.convert_tokens_to_ids("<|im_end|>")
+            if isinstance(end, int) and end != self.tok.unk_token_id:
+                eos = end
+        ids = p + a + ([eos] if eos is not None else [])
+        if len(ids) > self.max_len or not a:
+            return None
+        return ids, len(p)
+
+
+def prepare(recipe: Recipe, tok: Tokenized) -> tuple[list[Task], list[list[tuple[list[int], int]]], list[Task], dict[str, str], int]:
+    """Tokenise the train split of every task; drop over-long examples (counted) and tasks left without any."""
+    train, held = select_tasks(recipe)
+    d = recipe.data
+    kept, encoded, dropped, too_long = [], [], {}, 0
+    for t in train:
+        rows = []
+        for inst in t.split("train", d.train_frac, d.val_end):
+            e = tok.encode(build_prompt(t, inst, d.prompt), answer_of(inst))
+            if e is None:
+                too_long += 1
+            else:
+                rows.append(e)
+        if rows:
+            kept.append(t)
+            encoded.append(rows)
+        else:
+            dropped[t.name] = f"no example fits max_len={d.max_len}"
+    if not kept:
+        raise DataError(f"no training example fits data.max_len={d.max_len}", hint="raise data.max_len")
+    return kept, encoded, held, dropped, too_long
+
+
+def collate(items: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    n = max(len(ids) for ids, _ in items)
+    input_ids = torch.full((len(items), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(items), n), dtype=torch.long)
+    for i, (ids, plen) in enumerate(items):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, plen : len(ids)] = torch.tensor(ids[plen:])
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+def sample_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Completion-only CE, token mean per sample, then mean over samples (each sample weighted equally)."""
+    logits = logits[:, :-1].float()
+    labels = labels[:, 1:]
+    mask = labels != -100
+    ce = nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.clamp(min=0).reshape(-1), reduction="none", label_smoothing=smoothing
+    ).view(labels.shape)
+    per = (ce * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return per.mean()
+
+
+# ------------------------------------------------------------------------------------------- the trainer
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    steps: int
+    final: Path | None
+    metrics_path: Path
+    last_loss: float
+    seconds: float
+    stopped: str
+
+
+class Trainer:
+    """Holds the frozen base, the trainable generator (hypernet or fixed LoRA), data and optimisation state."""
+
+    def __init__(self, recipe: Recipe, output: Path, base_model: Any, tokenizer: Any, encoder: Any | None = None,
+                 device: str = "cpu", log_fn: Callable[[dict[str, Any]], None] | None = None) -> None:
+        from t2lcli.engine.base_model import shape_from_config
+        from t2lcli.engine.checkpoint import build_checkpoint
+        from t2lcli.engine.encoder import encoder_spec_for
+
+        self.recipe, self.output, self.device = recipe, output, device
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        r, hs, tr = recipe, recipe.hypernet, recipe.train
+        torch.manual_seed(tr.seed)
+        self.model, self.tok_raw = base_model, tokenizer
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tok = Tokenized(tokenizer, r.data.max_len)
+        self.tasks, self.encoded, self.heldout, self.dropped, self.too_long = prepare(r, self.tok)
+        self.shape = shape_from_config(base_model.config.to_dict(), hs.target_modules)
+        self.enc_spec = encoder_spec_for(r.encoder)
+        self.ckpt = build_checkpoint(
+            self.shape, self.enc_spec, r.base_model, variant=hs.variant, latent=hs.latent, head_in=hs.head_in, r=hs.r,
+            lora_alpha=hs.lora_alpha, seed=tr.seed, dropout=hs.dropout,
+        )
+        self.scaling = self.ckpt.config.scaling
+        if r.mode == "lora":
+            dims = {m: [s.d_in, s.d_out] for m, s in self.shape.modules.items()}
+            self.net: nn.Module = FixedLoRA(self.shape.n_layers, dims, hs.r, tr.seed)
+        else:
+            self.net = self.ckpt.hypernet
+        self.net.to(device).train()
+        self.ddp_net = self.net
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp_net = DistributedDataParallel(self.net)
+        self.sampler = HierarchicalSampler(self.tasks, tr.n_tasks_per_step, r.data.n_train_descs, r.data.train_frac, r.data.val_end, tr.seed)
+        if self.world > 1 and self.sampler.n_tasks % self.world:
+            raise T2LError(f"train.n_tasks_per_step={tr.n_tasks_per_step} must be divisible by the {self.world} processes")
+        self.encoder = encoder
+        self.emb_cache: dict[str, torch.Tensor] = {}
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_lambda)
+        self.step = 0
+        self.log_fn = log_fn
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.paths = {m: s.path for m, s in self.shape.modules.items()}
+        self._val_sets: dict[str, list[tuple[list[int], int, str]]] | None = None
+
+    def _lr_lambda(self, step: int) -> float:
+        tr = self.recipe.train
+        if tr.warmup_steps and step < tr.warmup_steps:
+            return (step + 1) / tr.warmup_steps
+        if tr.schedule == "constant":
+            return 1.0
+        frac = min(1.0, (step - tr.warmup_steps) / max(1, tr.steps - tr.warmup_steps))
+        if tr.schedule == "linear":
+            return 1.0 - (1.0 - tr.min_lr_ratio) * frac
+        return tr.min_lr_ratio + (1.0 - tr.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    # -------------------------------------------------------------- embeddings
+
+    def embed(self, descs: list[str]) -> torch.Tensor:
+        if self.recipe.mode == "lora":
+            return torch.zeros(len(descs), 1)
+        missing = [d for d in dict.fromkeys(descs) if d not in self.emb_cache]
+        if missing:
+            if self.encoder is None:
+                raise T2LError("an encoder is needed for sft training")
+            for i in range(0, len(missing), 64):
+                part = missing[i : i + 64]
+                for d, e in zip(part, self.encoder.embed(part), strict=True):
+                    self.emb_cache[d] = e.cpu()
+        return torch.stack([self.emb_cache[d] for d in descs]).to(self.device)
+
+    def load_embedding_cache(self) -> None:
+        """Embeddings of descriptions are computed lazily (the encoder is frozen) and cached on disk across resumes."""
+        cache = self.output / "embeddings.pt"
+        if self.recipe.mode == "lora" or not cache.is_file():
+            return
+        saved = torch.load(cache, weights_only=True)
+        if saved.get("encoder") == self.enc_spec.model:
+            self.emb_cache.update(dict(zip(saved["texts"], saved["emb"], strict=True)))
+
+    def save_embedding_cache(self) -> None:
+        if self.recipe.mode == "lora" or self.rank != 0 or not self.emb_cache:
+            return
+        texts = list(self.emb_cache)
+        tmp = self.output / "embeddings.pt.tmp"
+        torch.save({"encoder": self.enc_spec.model, "texts": texts, "emb": torch.stack([self.emb_cache[x] for x in texts])}, tmp)
+        os.replace(tmp, self.output / "embeddings.pt")
+
+    # -------------------------------------------------------------- forward
+
+    def _forward_loss(self, batch: dict[str, torch.Tensor], emb: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        from t2lcli.engine.lora_hooks import apply_factors
+
+        tr = self.recipe.train
+        net = self.ddp_net if train else self.net
+        use_bf16 = tr.bf16 and self.device == "cpu" or (tr.bf16 and self.device.startswith("cuda"))
+        dev_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=use_bf16):
+            factors = net(emb)
+            per_layer = {}
+            l2 = torch.zeros((), device=self.device)
+            for m, (a, b) in factors.items():
+                l2 = l2 + a.float().pow(2).mean() + b.float().pow(2).mean()
+                for layer in range(a.shape[1]):
+                    per_layer[self.paths[m].format(l=layer)] = (a[:, layer], b[:, layer])
+            handle = apply_factors(self.model, per_layer, self.scaling, dropout=tr.lora_dropout if train else 0.0)
+            neft = None
+            if train and tr.neftune_alpha > 0:
+                neft = self.model.get_input_embeddings().register_forward_hook(self._neftune_hook)
+            try:
+                out = self.model(input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device))
+            finally:
+                handle.remove()
+                if neft is not None:
+                    neft.remove()
+            loss = sample_loss(out.logits, batch["labels"].to(self.device), tr.label_smoothing if train else 0.0)
+        return loss, l2
+
+    def _neftune_hook(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        dims = output.shape[1] * output.shape[2]
+        mag = self.recipe.train.neftune_alpha / math.sqrt(dims)
+        return output + torch.zeros_like(output).uniform_(-mag, mag)
+
+    def train_step(self) -> dict[str, float]:
+        tr = self.recipe.train
+        self.model.eval()  # the frozen base never uses dropout; LoRA dropout is applied by the hooks
+        self.net.train()
+        self.opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(tr.grad_accum):
+            picks = self.sampler.sample()
+            if self.world > 1:
+                picks = picks[self.rank :: self.world]
+            items = [self._encoded_for(i, inst) for i, inst, _ in picks]
+            batch = collate(items, self.pad_id)
+            emb = self.embed([d for _, _, d in picks])
+            loss, l2 = self._forward_loss(batch, emb, train=True)
+            full = (loss + tr.l2_generated * l2) / tr.grad_accum
+            full.backward()
+            total += float(loss.detach()) / tr.grad_accum
+        if not math.isfinite(total):
+            raise FloatingPointError("loss is NaN/Inf")
+        gnorm = torch.nn.utils.clip_grad_norm_([p for p in self.net.parameters() if p.requires_grad], tr.grad_clip or float("inf"))
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        return {"step": self.step, "loss": total, "lr": self.sched.get_last_lr()[0], "grad_norm": float(gnorm)}
+
+    def _encoded_for(self, task_idx: int, inst: dict[str, Any]) -> tuple[list[int], int]:
+        e = self.tok.encode(build_prompt(self.tasks[task_idx], inst, self.recipe.data.prompt), answer_of(inst))
+        if e is None:  # over-long: fall back to a random fitting example of the same task
+            rows = self.encoded[task_idx]
+            return rows[self.sampler.rng.randrange(len(rows))]
+        return e
+
+    # -------------------------------------------------------------- validation
+
+    def _build_val(self) -> dict[str, list[tuple[list[int], int, str]]]:
+        import random
+
+        d, n = self.recipe.data, self.recipe.log.val_examples
+        rng = random.Random(1234)
+        sets: dict[str, list[tuple[list[int], int, str]]] = {}
+        for label, tasks, descs_from in (("seen", self.tasks, "train"), ("unseen", self.heldout, "heldout")):
+            rows = []
+            for t in tasks:
+                val = t.split("val", d.train_frac, d.val_end)
+                descs = t.descriptions[d.n_train_descs :] if descs_from == "heldout" and len(t.descriptions) > d.n_train_descs else t.descriptions[: d.n_train_descs]
+                for inst in val[:50]:
+                    e = self.tok.encode(build_prompt(t, inst, d.prompt), answer_of(inst))
+                    if e is not None:
+                        rows.append((e[0], e[1], rng.choice(descs)))
+            rng.shuffle(rows)
+            if rows:
+                sets[label] = rows[:n]
+        return sets
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        if self._val_sets is None:
+            self._val_sets = self._build_val()
+        self.net.eval()
+        res = {}
+        for label, rows in self._val_sets.items():
+            losses = []
+            for i in range(0, len(rows), 8):
+                part = rows[i : i + 8]
+                batch = collate([(ids, p) for ids, p, _ in part], self.pad_id)
+                loss, _ = self._forward_loss(batch, self.embed([d for *_, d in part]), train=False)
+                losses.append(float(loss) * len(part))
+            res[f"val_{label}"] = sum(losses) / len(rows)
+        self.net.train()
+        return res
+
+    # -------------------------------------------------------------- checkpoints
+
+    def provenance(self, seconds: float) -> dict[str, Any]:
+        from t2lcli import __version__
+
+        r = self.recipe
+        return {
+            "tool_version": __version__,
+            "mode": r.mode,
+            "recipe": r.to_dict(),
+            "steps": self.step,
+            "seconds": round(seconds, 1),
+            "train_tasks": [t.name for t in self.tasks],
+            "heldout_tasks": [t.name for t in self.heldout],
+            "dropped_tasks": self.dropped,
+            "examples_too_long": self.too_long,
+            "n_train_descriptions_per_task": r.data.n_train_descs,
+            "torch": torch.__version__,
+            "world_size": self.world,
+        }
+
+    def save_artifact(self, folder: Path, seconds: float, force: bool = True) -> Path:
+        """The trained thing: a native T2L checkpoint (sft/recon) or a PEFT adapter (lora)."""
+        if self.recipe.mode == "lora":
+            from t2lcli.engine.adapters import Adapter, peft_config, save_adapter
+
+            c = self.ckpt.config
+            tensors = {}
+            for m, path in self.paths.items():
+                for layer in range(self.shape.n_layers):
+                    prefix = "base_model.model." + path.format(l=layer)
+                    tensors[f"{prefix}.lora_A.weight"] = self.net.A[m][layer].detach().float().clone()
+                    tensors[f"{prefix}.lora_B.weight"] = self.net.B[m][layer].detach().float().clone()
+            cfg = peft_config(c.r, c.lora_alpha, list(c.target_modules), self.recipe.base_model, use_rslora=c.use_rslora)
+            meta = {"description": self.recipe.description or "multi-task LoRA trained by t2l", "training": self.provenance(seconds)}
+            return save_adapter(Adapter(cfg, tensors, meta), folder, force=force)
+        from t2lcli.engine.checkpoint import save_checkpoint
+
+        return save_checkpoint(self.ckpt, folder, force=force, training=self.provenance(seconds))
+
+    def save_state(self, seconds: float) -> None:
+        """Checkpoint + trainer state, atomically; `latest` points at the newest complete one."""
+        if self.rank != 0:
+            return
+        ckdir = self.output / "checkpoints" / f"step-{self.step:07d}"
+        with atomic_dir(ckdir, force=True) as tmp:
+            self.save_artifact(tmp / "model", seconds)
+            state = {
+                "step": self.step,
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "sampler_rng": _rng_to_list(self.sampler.state()),
+                "seconds": seconds,
+            }
+            torch.save(state, tmp / STATE_NAME)
+            torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()}, tmp / "net.pt")
+        atomic_write_bytes(self.output / "latest", ckdir.name.encode())
+        self.save_embedding_cache()
+        old = sorted((self.output / "checkpoints").glob("step-*"))[: -self.recipe.log.keep_checkpoints]
+        for o in old:
+            shutil.rmtree(o, ignore_errors=True)
+
+    def load_state(self) -> float:
+        latest = self.output / "latest"
+        if not latest.is_file():
+            return 0.0
+        ckdir = self.output / "checkpoints" / latest.read_text().strip()
+        state = torch.load(ckdir / STATE_NAME, weights_only=True)
+        self.net.load_state_dict(torch.load(ckdir / "net.pt", weights_only=True))
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.sampler.set_state(_rng_from_list(state["sampler_rng"]))
+        self.step = int(state["step"])
+        return float(state.get("seconds", 0.0))
+
+
+def _rng_to_list(state: Any) -> list[Any]:
+    version, internal, gauss = state
+    return [int(version), [int(x) for x in internal], gauss]
+
+
+def _rng_from_list(data: list[Any]) -> Any:
+    return (int(data[0]), tuple(int(x) for x in data[1]), data[2])
+
+
+def _recipe_fingerprint(recipe: Recipe) -> str:
+    import hashlib
+
+    d = recipe.to_dict()
+    for volatile in ("steps", "time_budget_s", "threads"):
+        d["train"].pop(volatile, None)
+    d.pop("log", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_output(output: Path, recipe: Recipe, resume: bool, force: bool) -> bool:
+    """Decide what to do with an existing output folder. Returns True when a run is to be resumed."""
+    run = output / RUN_NAME
+    if not output.exists() or not any(output.iterdir()):
+        return False
+    if not run.is_file():
+        if force:
+            shutil.rmtree(output)
+            return False
+        raise T2LError(f"{output} exists and is not a t2l training run", hint="choose another --output or pass --force")
+    info = json.loads(run.read_text())
+    if force:
+        shutil.rmtree(output)
+        return False
+    if not resume:
+        raise T2LError(f"{output} already holds a training run", hint="pass --resume to continue it or --force to start over")
+    if info.get("fingerprint") != _recipe_fingerprint(recipe):
+        raise T2LError(f"{output} holds a run of a different recipe", hint="use the same recipe (steps/time budget may change) or --force")
+    return True
+
+
+def run_training(recipe: Recipe, output: Path, resume: bool = False, force: bool = False, max_steps: int | None = None,
+                 time_budget_s: float | None = None, device: str = "cpu", base_dtype: str = "float32",
+                 on_metrics: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train per the recipe into `output` (checkpoints/, metrics.jsonl, final/). See module docstring."""
+    from t2lcli.engine.base_model import load_base_model
+    from t2lcli.hardware import ComponentSettings
+
+    tr = recipe.train
+    if tr.threads:
+        torch.set_num_threads(tr.threads)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    rank = int(os.environ.get("RANK", "0"))
+    resuming = check_output(output, recipe, resume, force) if rank == 0 else resume
+    if world > 1:
+        torch.distributed.barrier()
+    output.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        atomic_write_bytes(output / RUN_NAME, json.dumps({"fingerprint": _recipe_fingerprint(recipe), "recipe": recipe.to_dict()}, indent=2).encode())
+    model, tok = load_base_model(recipe.base_model, ComponentSettings(device=device, dtype=base_dtype, attn_implementation="sdpa"))
+    encoder = None
+    if recipe.mode != "lora":
+        from t2lcli.engine.encoder import TextEncoder, encoder_spec_for
+
+        encoder = TextEncoder(encoder_spec_for(recipe.encoder), device=device)
+    trainer = Trainer(recipe, output, model, tok, encoder, device)
+    elapsed0 = trainer.load_state() if resuming else 0.0
+    if resuming:
+        console.log(f"resuming from step {trainer.step}")
+    console.log(
+        f"{len(trainer.tasks)} training tasks, {len(trainer.heldout)} held out, {trainer.too_long} over-long examples skipped"
+        + (f", dropped: {', '.join(trainer.dropped)}" if trainer.dropped else "")
+    )
+    trainer.load_embedding_cache()
+    total_steps = min(tr.steps, max_steps) if max_steps else tr.steps
+    budget = time_budget_s if time_budget_s is not None else tr.time_budget_s
+    metrics_path = output / "metrics.jsonl"
+    t_start = time.perf_counter()
+    last_loss, stopped = float("nan"), "steps"
+    last_ckpt_step = trainer.step
+    lg = recipe.log
+    with console.progress() as bar, open(metrics_path, "a") as mf:
+        task = bar.add_task("training", total=total_steps, completed=trainer.step)
+        while trainer.step < total_steps:
+            t0 = time.perf_counter()
+            try:
+                m = trainer.train_step()
+            except FloatingPointError:
+                stopped = "nan"
+                console.error(f"loss became NaN/Inf at step {trainer.step + 1}; stopping (the last good checkpoint is kept)",
+                              "lower train.lr or raise train.warmup_steps")
+                break
+            m["step_s"] = round(time.perf_counter() - t0, 3)
+            m["elapsed_s"] = round(elapsed0 + time.perf_counter() - t_start, 1)
+            last_loss = m["loss"]
+            if lg.val_every and trainer.step % lg.val_every == 0:
+                m.update(trainer.validate())
+            if rank == 0 and (trainer.step % lg.every == 0 or "val_seen" in m or trainer.step == 1):
+                mf.write(json.dumps(m) + "\n")
+                mf.flush()
+                if on_metrics:
+                    on_metrics(m)
+            bar.update(task, completed=trainer.step, description=f"training loss {m['loss']:.3f}")
+            if lg.ckpt_every and trainer.step % lg.ckpt_every == 0:
+                trainer.save_state(m["elapsed_s"])
+                last_ckpt_step = trainer.step
+            if budget and time.perf_counter() - t_start > budget:
+                stopped = "time_budget"
+                break
+    seconds = elapsed0 + time.perf_counter() - t_start
+    final = None
+    if stopped != "nan":
+        if trainer.step != last_ckpt_step:
+            trainer.save_state(seconds)
+        if rank == 0 and trainer.step >= total_steps:
+            final = trainer.save_artifact(output / "final", seconds, force=True)
+    if world > 1:
+        torch.distributed.barrier()
+    return TrainResult(output, trainer.step, final, metrics_path, last_loss, seconds, stopped)

@@ -1,0 +1,213 @@
+"""Training recipes: YAML -> nested dataclasses, with every problem (unknown key, wrong type) reported at once.
+Stdlib + yaml only, so `t2l train --list-recipes` stays light.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from t2lcli.errors import ConfigError, format_problems
+
+
+@dataclass
+class HypernetSection:
+    variant: str = "L"
+    latent: int = 128
+    head_in: int = 512
+    r: int = 8
+    lora_alpha: float = 16.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    dropout: float = 0.05
+
+
+@dataclass
+class DataSection:
+    sni_dir: str = "../shared/data/sni"
+    descriptions_dir: str = "../shared/data/t2l-task-descriptions/tasks"
+    train_tasks: list[str] = field(default_factory=list)  # empty = every task in sni_dir not held out/excluded
+    heldout_tasks: list[str] = field(default_factory=list)
+    exclude_tasks: list[str] = field(default_factory=list)  # decontamination
+    user_jsonl: str = ""
+    user_descriptions: str = ""
+    max_len: int = 160
+    train_frac: float = 0.8
+    val_end: float = 0.9
+    n_train_descs: int = 150
+    max_instances_per_task: int = 1000
+    prompt: str = "input"  # input | definition
+
+
+@dataclass
+class TrainSection:
+    steps: int = 1000
+    n_tasks_per_step: int = 8
+    lr: float = 2e-4
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | linear | constant
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    label_smoothing: float = 0.0
+    l2_generated: float = 1e-3
+    neftune_alpha: float = 0.0
+    lora_dropout: float = 0.05
+    bf16: bool = False
+    seed: int = 0
+    time_budget_s: float = 0.0
+    threads: int = 0
+
+
+@dataclass
+class LogSection:
+    every: int = 10
+    val_every: int = 100
+    val_examples: int = 32
+    ckpt_every: int = 100
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class ReconSection:
+    targets: list[str] = field(default_factory=list)  # PEFT adapter folders, one per task (folder name = task)
+    loss: str = "factorized"  # factorized (L1 on A/B) | delta_w (L1 on B@A)
+
+
+@dataclass
+class Recipe:
+    mode: str = "sft"  # sft | recon | lora
+    description: str = ""
+    base_model: str = "smollm2-135m-instruct"
+    encoder: str = "all-minilm-l6-v2"
+    hypernet: HypernetSection = field(default_factory=HypernetSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    log: LogSection = field(default_factory=LogSection)
+    recon: ReconSection = field(default_factory=ReconSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    "mode": ("sft", "recon", "lora"),
+    "variant": ("L", "M", "S"),
+    "schedule": ("cosine", "linear", "constant"),
+    "prompt": ("input", "definition"),
+    "loss": ("factorized", "delta_w"),
+}
+
+
+def _fill(obj: Any, data: Any, where: str, problems: list[str]) -> None:
+    if not isinstance(data, dict):
+        problems.append(f"{where or 'root'}: expected a mapping, got {type(data).__name__}")
+        return
+    hints = typing.get_type_hints(type(obj))
+    fields = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            problems.append(f"unknown key '{path}'")
+            continue
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _fill(current, value, path, problems)
+            continue
+        typ = hints[key]
+        ok, coerced = _check(typ, value)
+        if not ok:
+            problems.append(f"{path}: expected {_type_name(typ)}, got {value!r}")
+            continue
+        if key in _CHOICES and coerced not in _CHOICES[key]:
+            problems.append(f"{path}: '{coerced}' is not one of {', '.join(_CHOICES[key])}")
+            continue
+        if isinstance(coerced, (int, float)) and not isinstance(coerced, bool) and coerced < 0:
+            problems.append(f"{path}: must be >= 0, got {coerced}")
+            continue
+        setattr(obj, key, coerced)
+
+
+def _type_name(typ: Any) -> str:
+    return getattr(typ, "__name__", str(typ))
+
+
+def _check(typ: Any, value: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (inner,) = typing.get_args(typ)
+        if not isinstance(value, list):
+            return False, value
+        out = []
+        for v in value:
+            ok, c = _check(inner, v)
+            if not ok:
+                return False, value
+            out.append(c)
+        return True, out
+    if origin in (typing.Union, types.UnionType):
+        return any(_check(t, value)[0] for t in typing.get_args(typ)), value
+    if typ is bool:
+        return isinstance(value, bool), value
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if typ is str:
+        return isinstance(value, str), value
+    return True, value
+
+
+def recipes_dir() -> Path:
+    return Path(__file__).resolve().parent / "recipes"
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def locate_recipe(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = recipes_dir() / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"recipe not found: {name_or_path}", hint=f"shipped recipes: {', '.join(list_recipes())} (t2l train --list-recipes)")
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe (shipped name or path), apply `--set a.b=c` overrides, validate everything at once."""
+    import yaml
+
+    from t2lcli.hardware import parse_set_overrides
+
+    path = locate_recipe(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) if len(text) < 1_000_000 else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read recipe {path}: {str(exc).splitlines()[0]}") from None
+    recipe = Recipe()
+    problems: list[str] = []
+    _fill(recipe, data if data is not None else {}, "", problems)
+    try:
+        sets = parse_set_overrides(overrides)
+    except Exception as exc:
+        raise ConfigError(str(exc)) from None
+    _fill(recipe, sets, "", problems)
+    if recipe.data.train_frac >= recipe.data.val_end or recipe.data.val_end > 1:
+        problems.append("data: need train_frac < val_end <= 1")
+    if recipe.train.steps < 1:
+        problems.append("train.steps must be >= 1")
+    if recipe.train.n_tasks_per_step < 1:
+        problems.append("train.n_tasks_per_step must be >= 1")
+    if problems:
+        raise ConfigError(format_problems(f"invalid recipe {path}", problems), hint="t2l train --show-recipe default prints a valid one")
+    return recipe
