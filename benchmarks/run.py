@@ -55,7 +55,7 @@ def markdown(reports: list[dict]) -> str:
     ]
     for r in reports:
         c, w, cold, lb, pr = r["config"], r["warm_ms"], r["cold_ms"], r["baselines"]["load_base"], r["baselines"]["prompt"]
-        thr = ", ".join(f"{t['adapters_per_s']:.0f} ({t['batch']})" for t in r["throughput"])
+        thr = ", ".join(f"{t['adapters_per_s']:.{0 if t['adapters_per_s'] >= 10 else 1}f} ({t['batch']})" for t in r["throughput"])
         base = "-" if lb is None else f"{lb['full_load_s']:.1f} s{' (extrap.)' if lb['extrapolated'] else ''}"
         ratio = "-" if lb is None else f"{lb['ratio_vs_warm']:.0f}x"
         lines.append(
@@ -77,8 +77,8 @@ def markdown(reports: list[dict]) -> str:
     for n in sorted(notes):
         lines += ["", f"gte-large encoder: {n}."]
     lines += ["", "Load the base: a fresh process imports transformers and loads a random base of the real shapes in bf16 with "
-              "`from_pretrained` (page cache warm: a lower bound); bases over 3 GiB are loaded at depths 1 and 2 and extrapolated "
-              "linearly to full depth. Raw numbers: `benchmarks/results.json`."]
+              "`from_pretrained` (page cache warm: a lower bound); bases over 3 GiB are loaded at depths 1 and 4 and extrapolated "
+              "to full depth (method per row in the JSON: `estimate`). Raw numbers: `benchmarks/results.json`."]
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ What is measured (every number comes from this run; nothing is copied from elsew
   * baseline "load the base": a fresh process imports transformers and loads a randomly initialised base of the real
     shapes (bf16, safetensors written once under $T2L_HOME/bench) with `AutoModelForCausalLM.from_pretrained`, as the
     reference implementation does before it can generate. Bases over `FULL_BASE_LIMIT` bytes are loaded at depths 1
-    and 2 and extrapolated linearly to the full depth (stated in the output);
+    and 4 and extrapolated to the full depth (the method is stated in the output);
   * baseline "prompt cost": tokens the task description and a 3-shot prompt add to every request (T2L adds 0), with the
     base's own tokenizer when it is available offline, otherwise a named stand-in.
 
@@ -43,7 +43,7 @@ from t2lcli.hardware import Profile
 SCHEMA = "t2l-bench/1"
 SHAPES_DIR = Path(__file__).resolve().parent.parent / "data" / "shapes"
 PROMPTS_FILE = Path(__file__).resolve().parent.parent / "data" / "bench_prompts.json"
-FULL_BASE_LIMIT = 3 * 2**30  # bytes: larger bases are measured at depths 1 and 2 and extrapolated
+FULL_BASE_LIMIT = 3 * 2**30  # bytes: larger bases are measured at depths 1 and 4 and extrapolated
 GTE_LARGE_PROXY = {  # gte-large-en-v1.5 sizes as a plain BERT (its GLU FFN 4096 has the params/FLOPs of a 6144 FFN)
     "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 6144,
     "vocab_size": 30528, "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu",
@@ -594,18 +594,23 @@ BASELINE_CODE = (
 )
 
 
-def baseline_load_base(name: str, config: dict[str, Any], mode: str = "auto", dtype: str = "bfloat16", repeats: int = 2) -> dict[str, Any]:
+SAMPLED_DEPTHS = (1, 4)
+
+
+def baseline_load_base(name: str, config: dict[str, Any], mode: str = "auto", dtype: str = "bfloat16", repeats: int = 3) -> dict[str, Any]:
     """Time the reference's first step, loading the base (random weights, real shapes) with transformers, in a fresh process.
 
-    Bases larger than `FULL_BASE_LIMIT` (or mode 'sampled') are loaded at depths 1 and 2; the full-depth time is
-    t(2) + (N - 2) * (t(2) - t(1)) (slope clamped at >= 0). Each depth is loaded `repeats` times; the minimum counts
-    (the page cache holds the file after the first read, so this is a lower bound on a real load from disk).
+    Bases larger than `FULL_BASE_LIMIT` (or mode 'sampled') are loaded at depths 1 and 4 (`SAMPLED_DEPTHS`) and the
+    full depth N is extrapolated: t(4) + (N - 4) * (t(4) - t(1)) / 3. When the measured per-layer cost is not positive
+    (load noise larger than three layers' worth of reading), the estimate falls back to scaling t(4) by bytes, which
+    over-counts the fixed costs; the output names the method used. Each depth is loaded `repeats` times and the minimum
+    counts (the page cache holds the file after the first read, so this is a lower bound on a real load from disk).
     """
     counts = base_param_counts(config)
     n = counts["n_layers"]
     nbytes = counts["total"] * 2
-    full = mode == "full" or (mode == "auto" and nbytes <= FULL_BASE_LIMIT)
-    depths = [n] if full else [1, 2]
+    full = mode == "full" or (mode == "auto" and nbytes <= FULL_BASE_LIMIT) or n <= SAMPLED_DEPTHS[-1]
+    depths = [n] if full else list(SAMPLED_DEPTHS)
     loads, imports, rss = {}, [], []
     for d in depths:
         folder = _random_base(name, config, d, dtype)
@@ -622,16 +627,23 @@ def baseline_load_base(name: str, config: dict[str, Any], mode: str = "auto", dt
                 rss.append(peak)
         loads[d] = min(times)
         console.log(f"baseline: {name} base at depth {d} loads in {loads[d]:.2f} s")
+    slope = None
     if full:
-        full_s, slope = loads[n], None
+        full_s, how = loads[n], "measured at full depth"
     else:
-        slope = max(0.0, loads[2] - loads[1])
-        full_s = loads[2] + (n - 2) * slope
+        lo, hi = depths
+        slope = (loads[hi] - loads[lo]) / (hi - lo)
+        if slope > 0:
+            full_s, how = loads[hi] + (n - hi) * slope, f"linear in depth from depths {lo} and {hi}"
+        else:
+            per_layer_bytes = counts["linears_per_layer"] * 2
+            sampled_bytes = nbytes - (n - hi) * per_layer_bytes
+            full_s, how = loads[hi] * nbytes / sampled_bytes, f"depth {hi} scaled by bytes (per-layer cost lost in noise)"
     return {
         "method": "fresh process: import transformers; AutoModelForCausalLM.from_pretrained(random safetensors of the real shapes)",
         "dtype": dtype, "base_params": counts["total"], "base_bytes": nbytes, "depths": depths,
         "load_s": {str(d): round(t, 3) for d, t in loads.items()}, "per_layer_s": None if slope is None else round(slope, 4),
-        "full_load_s": round(full_s, 3), "extrapolated": not full, "import_s": round(min(imports), 3),
+        "full_load_s": round(full_s, 3), "extrapolated": not full, "estimate": how, "import_s": round(min(imports), 3),
         "peak_rss_mb": max(rss) if rss else None, "page_cache": "warm (a lower bound on a cold read from disk)",
     }
 
