@@ -323,6 +323,10 @@ class Trainer:
             full = (loss + tr.l2_generated * l2) / tr.grad_accum
             full.backward()
             total += float(loss.detach()) / tr.grad_accum
+        if self.world > 1:  # log the loss of the whole (combined) batch, not this rank's share
+            t = torch.tensor([total], device=self.device)
+            torch.distributed.all_reduce(t)
+            total = float(t) / self.world
         if not math.isfinite(total):
             raise FloatingPointError("loss is NaN/Inf")
         gnorm = torch.nn.utils.clip_grad_norm_([p for p in self.net.parameters() if p.requires_grad], tr.grad_clip or float("inf"))
@@ -505,6 +509,10 @@ def run_training(recipe: Recipe, output: Path, resume: bool = False, force: bool
     tr = recipe.train
     if tr.threads:
         torch.set_num_threads(tr.threads)
+    if recipe.mode == "recon":
+        if resume:
+            raise T2LError("--resume is not supported for reconstruction runs (they are short)", hint="rerun with --force")
+        return run_recon(recipe, output, force=force, max_steps=max_steps, on_metrics=on_metrics)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
@@ -575,3 +583,95 @@ def run_training(recipe: Recipe, output: Path, resume: bool = False, force: bool
     if world > 1:
         torch.distributed.barrier()
     return TrainResult(output, trainer.step, final, metrics_path, last_loss, seconds, stopped)
+
+
+# ------------------------------------------------------------------------------------------- reconstruction
+
+
+def run_recon(recipe: Recipe, output: Path, force: bool = False, max_steps: int | None = None,
+              on_metrics: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Distil a library of per-task LoRAs into the hypernetwork: L1 on A/B (`factorized`) or on ΔW = B@A (`delta_w`).
+
+    Needs no base weights (shapes come from the base's config.json). Targets are PEFT folders; a folder's name is its
+    task, whose descriptions come from the SNI data when it is there, else from the adapter's card.
+    """
+    import glob
+    import random
+
+    from t2lcli.engine.adapters import load_adapter
+    from t2lcli.engine.base_model import read_config, resolve_model, shape_from_config
+    from t2lcli.engine.checkpoint import build_checkpoint, save_checkpoint
+    from t2lcli.engine.encoder import TextEncoder, encoder_spec_for
+
+    tr, hs, d = recipe.train, recipe.hypernet, recipe.data
+    folders = sorted({Path(p) for pat in recipe.recon.targets for p in (glob.glob(pat) or [pat])})
+    if not folders:
+        raise DataError("recon.targets lists no adapter folders", hint="set recon.targets to PEFT folders (globs allowed)")
+    check_output(output, recipe, resume=False, force=force)
+    shape = shape_from_config(read_config(resolve_model(recipe.base_model)), hs.target_modules)
+    ckpt = build_checkpoint(shape, encoder_spec_for(recipe.encoder), recipe.base_model, variant=hs.variant, latent=hs.latent,
+                            head_in=hs.head_in, r=hs.r, lora_alpha=hs.lora_alpha, seed=tr.seed, dropout=hs.dropout)
+    targets: list[tuple[str, dict[str, tuple[torch.Tensor, torch.Tensor]], list[str]]] = []
+    for folder in folders:
+        ad = load_adapter(folder)
+        if ad.r != hs.r:
+            raise DataError(f"{folder}: rank {ad.r} differs from hypernet.r={hs.r}")
+        fac = {}
+        for m, s in shape.modules.items():
+            a = torch.stack([ad.tensors[f"base_model.model.{s.path.format(l=layer)}.lora_A.weight"].float() for layer in range(shape.n_layers)])
+            b = torch.stack([ad.tensors[f"base_model.model.{s.path.format(l=layer)}.lora_B.weight"].float() for layer in range(shape.n_layers)])
+            fac[m] = (a, b)
+        descs: list[str] = []
+        sni = Path(d.sni_dir)
+        if (sni / f"{folder.name}.meta.json").is_file():
+            descs = load_sni_task(sni, folder.name, Path(d.descriptions_dir) if d.descriptions_dir else None, 1).descriptions[: d.n_train_descs]
+        if not descs and ad.meta.get("description"):
+            descs = [str(ad.meta["description"])]
+        if not descs:
+            raise DataError(f"target {folder} has no descriptions (not an SNI task name and no description in its card)")
+        targets.append((folder.name, fac, descs))
+    encoder = TextEncoder(encoder_spec_for(recipe.encoder))
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(output / RUN_NAME, json.dumps({"fingerprint": _recipe_fingerprint(recipe), "recipe": recipe.to_dict()}, indent=2).encode())
+    torch.manual_seed(tr.seed)
+    rng = random.Random(tr.seed)
+    net = ckpt.hypernet.train()
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=tr.lr, weight_decay=tr.weight_decay)
+    steps = min(tr.steps, max_steps) if max_steps else tr.steps
+    cache: dict[str, torch.Tensor] = {}
+    t0, last = time.perf_counter(), float("nan")
+    with open(output / "metrics.jsonl", "a") as mf:
+        for step in range(1, steps + 1):
+            picks = rng.sample(range(len(targets)), min(tr.n_tasks_per_step, len(targets)))
+            descs = [rng.choice(targets[i][2]) for i in picks]
+            new = [x for x in dict.fromkeys(descs) if x not in cache]
+            if new:
+                cache.update(zip(new, encoder.embed(new), strict=True))
+            out = net(torch.stack([cache[x] for x in descs]))
+            loss = torch.zeros(())
+            for m, (a, b) in out.items():
+                ta = torch.stack([targets[i][1][m][0] for i in picks])
+                tb = torch.stack([targets[i][1][m][1] for i in picks])
+                if recipe.recon.loss == "delta_w":
+                    loss = loss + (b @ a - tb @ ta).abs().mean()
+                else:
+                    loss = loss + ((a - ta).abs().mean() + (b - tb).abs().mean()) / 2
+            loss = loss / len(out)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), tr.grad_clip or float("inf"))
+            opt.step()
+            last = float(loss)
+            if not math.isfinite(last):
+                raise T2LError(f"reconstruction loss became NaN at step {step}", hint="lower train.lr")
+            if step % recipe.log.every == 0 or step == 1 or step == steps:
+                m = {"step": step, "loss": last, "elapsed_s": round(time.perf_counter() - t0, 1)}
+                mf.write(json.dumps(m) + "\n")
+                if on_metrics:
+                    on_metrics({**m, "lr": tr.lr, "step_s": 0.0})
+    seconds = time.perf_counter() - t0
+    ckpt.config.training_task = "sft"  # outputs are raw A/B already (no z-scoring, no offset): generate as SFT does
+    prov = {"mode": "recon", "recipe": recipe.to_dict(), "steps": steps, "seconds": round(seconds, 1),
+            "targets": [str(f) for f in folders], "loss": recipe.recon.loss}
+    final = save_checkpoint(ckpt, output / "final", force=True, training=prov)
+    return TrainResult(output, steps, final, output / "metrics.jsonl", last, seconds, "steps")
