@@ -223,3 +223,29 @@ def test_version_and_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "t2lcli", "generate", "x", "-o", str(tmp_path / "o"), "-c", str(tmp_path / "missing")], capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" not in r.stderr and "not found" in r.stderr
     assert Path(tmp_path / "o").exists() is False
+
+
+def test_ctrl_c_during_batch_leaves_only_complete_adapters(tiny_checkpoint_dir, tmp_path):
+    import signal
+    import time
+
+    from t2lcli.engine.adapters import load_adapter
+
+    src = tmp_path / "many.txt"
+    src.write_text("".join(f"task number {i} solve math\n" for i in range(400)))
+    out = tmp_path / "batch"
+    env = {**os.environ, "T2L_LOAD_PLUGINS": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "t2lcli", "generate", "-f", str(src), "-o", str(out), "-c", str(tiny_checkpoint_dir), "--batch-size", "4"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or len([p for p in out.iterdir() if not p.name.startswith(".")]) < 3):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err
+    done = list(out.iterdir())
+    assert all(not p.name.startswith(".") for p in done), [p.name for p in done]  # temp folders were cleaned up
+    assert 3 <= len(done) < 400
+    for p in done:
+        load_adapter(p)  # every folder present is complete and valid
