@@ -70,14 +70,15 @@ def markdown(reports: list[dict]) -> str:
     for r in reports:
         for t in r["targets"]:
             met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
-            lines.append(f"| {r['config']['shapes']} | {t['name']} | {t['value']} {t['unit']} | {t['target']} {t['unit']} | {met} |")
+            value = "-" if t["value"] is None else f"{t['value']:,.1f}"
+            lines.append(f"| {r['config']['shapes']} | {t['name']} | {value} {t['unit']} | {t['target']} {t['unit']} | {met} |")
     notes = {r["config"]["encoder_note"] for r in reports if r["config"].get("encoder_note") and "proxy" in r["config"]["encoder"]}
     lines += ["", "Stage breakdown (median ms): " + "; ".join(
         f"{r['config']['shapes']}: " + ", ".join(f"{k.replace('_', ' ')} {v:.0f}" for k, v in r["stages_ms"].items()) for r in reports)]
     for n in sorted(notes):
         lines += ["", f"gte-large encoder: {n}."]
     lines += ["", "Load the base: a fresh process imports transformers and loads a random base of the real shapes in bf16 with "
-              "`from_pretrained` (page cache warm: a lower bound); bases over 3 GiB are loaded at depths 1 and 4 and extrapolated "
+              "`from_pretrained`, then reads every weight page once (page cache warm: a lower bound); bases over 3 GiB are loaded at depths 1 and 4 and extrapolated "
               "to full depth (method per row in the JSON: `estimate`). Raw numbers: `benchmarks/results.json`."]
     return "\n".join(lines) + "\n"
 
@@ -97,7 +98,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--only", help="comma-separated shapes to run (default: the standard set)")
+    ap.add_argument("--render", action="store_true", help="only re-render results.md and README from results.json")
     args = ap.parse_args()
+    if args.render:
+        md = markdown(json.loads((HERE / "results.json").read_text()))
+        (HERE / "results.md").write_text(md)
+        splice_readme(md)
+        return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t0 = time.time()
     reports = []
