@@ -112,12 +112,16 @@ def _print_report(r: dict) -> None:
         t.add_row(k.replace("_", " "), f"{v:.1f}")
     out.print(t)
     lat = Table(title="latency (ms)", title_justify="left")
-    for col in ("", "n", "p50", "p95", "p99"):
+    for col in ("", "n", "p50", "p95", "p99", "CPU p50"):
         lat.add_column(col, justify="right" if col else "left")
-    for label, key in (("warm (in memory)", "warm_ms"), ("warm + write", "warm_write_ms"), ("cold `t2l generate`", "cold_ms")):
+    cpu = r.get("cpu_time_ms") or {}
+    for label, key, ck in (("warm (in memory)", "warm_ms", "warm"), ("warm + write", "warm_write_ms", None), ("cold `t2l generate`", "cold_ms", "cold")):
         p = r[key]
-        lat.add_row(label, *(("-",) * 4 if p is None else (str(p["n"]), f"{p['p50']:.1f}", f"{p['p95']:.1f}", f"{p['p99']:.1f}")))
+        c = cpu.get(ck) if ck else None
+        lat.add_row(label, *(("-",) * 4 if p is None else (str(p["n"]), f"{p['p50']:.1f}", f"{p['p95']:.1f}", f"{p['p99']:.1f}")),
+                    "-" if not c else f"{c['p50']:.1f}")
     out.print(lat)
+    out.print("[dim]CPU = process CPU time (user + system, all threads): the work done, whatever else the machine runs[/dim]")
     th = Table(title="throughput", title_justify="left")
     th.add_column("batch", justify="right")
     th.add_column("seconds", justify="right")

@@ -121,6 +121,8 @@ def test_bench_tiny_checkpoint_report(tiny_report: tuple[dict, Path, str]) -> No
     assert w["n"] == 4 and w["min"] <= w["p50"] <= w["p95"] <= w["p99"] <= w["max"]
     assert report["warm_write_ms"]["p50"] >= w["p50"] * 0.5
     assert report["cold_ms"] is None
+    cpu = report["cpu_time_ms"]
+    assert cpu["warm"]["n"] == 4 and cpu["warm"]["p50"] > 0 and cpu["cold"] is None
     assert [t["batch"] for t in report["throughput"]] == [1, 3]
     assert all(t["adapters_per_s"] == pytest.approx(t["batch"] / t["seconds"], rel=0.01) for t in report["throughput"])
     assert report["memory"]["peak_rss_mb"] > 50 and report["memory"]["peak_vram_mb"] is None
@@ -153,6 +155,8 @@ def test_bench_default_shapes_end_to_end(runner, cli_app) -> None:
     r = json.loads(res.stdout)
     assert r["cold_ms"]["n"] == 1 and r["cold_ms"]["p50"] > r["warm_ms"]["p50"]
     assert r["memory"]["cold_generate_peak_rss_mb"] > 100
+    assert r["cpu_time_ms"]["cold"]["p50"] > 100  # a fresh process imports torch: real CPU work, not 0
+    assert all("cpu_time" in t for t in r["targets"])
     lb = r["baselines"]["load_base"]
     assert lb["extrapolated"] is False and lb["depths"] == [30] and lb["base_params"] == 134_515_008
     assert lb["ratio_vs_warm"] > 1

@@ -66,12 +66,13 @@ BENCH_SCHEMA = {
               "target_modules, n_layers, device, dtype, runs, cold_runs, batch",
     "stages_ms": "imports, checkpoint_load, encoder_load, embed, hypernet_forward, adapter_build, adapter_write (medians)",
     "warm_ms / warm_write_ms / cold_ms": "{n, p50, p95, p99, mean, min, max} (cold: null when cold_runs = 0)",
+    "cpu_time_ms": "{warm, cold}: the same percentiles of CPU time (user + system, all threads); robust to other load",
     "throughput": "[{batch, seconds, adapters_per_s}]",
     "memory": "peak_rss_mb (this process), cold_generate_peak_rss_mb, peak_vram_mb (CUDA only)",
     "baselines.load_base": "{method, dtype, base_bytes, depths, load_s per depth, full_load_s, extrapolated, import_s, "
                            "peak_rss_mb, total_s, ratio_vs_warm, ratio_vs_cold} or null",
     "baselines.prompt": "{tokenizer, tokenizer_note, description_tokens, icl_3shot_tokens, t2l_tokens: 0, kv_bytes_per_token}",
-    "targets": "[{name, value, target, unit, met}]",
+    "targets": "[{name, value, target, unit, met, cpu_time}] (value: wall clock; cpu_time: the CPU time for latency targets)",
 }
 
 
@@ -246,7 +247,8 @@ _HWM_PRELUDE = (
 
 def _run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, float, float | None, str, str]:
     """Run `python -c CODE ARGS...` or `python -m t2lcli ARGS...`; returns (exit code, wall seconds, the child's own
-    peak RSS in MiB (VmHWM; None where /proc is missing), stdout, stderr)."""
+    peak RSS in MiB (VmHWM; None where /proc is missing), stdout, stderr). The child's CPU seconds (user + system,
+    all threads) are kept in `_LAST_CHILD_CPU`."""
     if cmd[1] == "-m":  # run the module through the prelude so that it reports its peak RSS
         cmd = [cmd[0], "-c", _HWM_PRELUDE + f"import runpy, sys; sys.argv = ['t2l'] + sys.argv[1:]; runpy.run_module({cmd[2]!r}, run_name='__main__')", *cmd[3:]]
     elif cmd[1] == "-c":
@@ -256,12 +258,18 @@ def _run_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, 
         env = dict(env or os.environ, T2L_BENCH_HWM=str(hwm))
         t0 = time.perf_counter()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             proc = subprocess.run(cmd, stdout=out, stderr=err, env=env, check=False)
             wall = time.perf_counter() - t0
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            _LAST_CHILD_CPU[0] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
             out.seek(0)
             err.seek(0)
             peak = round(int(hwm.read_text()) / 1024, 1) if hwm.is_file() and hwm.read_text().strip().isdigit() else None
             return proc.returncode, wall, peak, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+
+
+_LAST_CHILD_CPU = [0.0]
 
 
 def _child_env() -> dict[str, str]:
@@ -344,12 +352,13 @@ def run_bench(req: BenchRequest, profile: Profile) -> dict[str, Any]:
 
     opts = GenerateOptions()
     gen.generate([DESCRIPTIONS[0]], opts)  # first call pays one-time kernel/allocator warm-up
-    embed_t, fwd_t, build_t, warm, warm_write, write_t = [], [], [], [], [], []
+    embed_t, fwd_t, build_t, warm, warm_write, write_t, warm_cpu = [], [], [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="t2l-bench-") as tmpdir:
         console.log(f"warm runs: {req.runs}")
         for i in range(req.runs):
             desc = DESCRIPTIONS[i % len(DESCRIPTIONS)]
             sync()
+            c0 = time.process_time()
             t0 = time.perf_counter()
             emb = gen.embed([desc])
             sync()
@@ -359,6 +368,7 @@ def run_bench(req: BenchRequest, profile: Profile) -> dict[str, Any]:
             t2 = time.perf_counter()
             adapter = _build(gen, fac, desc, opts)
             t3 = time.perf_counter()
+            warm_cpu.append((time.process_time() - c0) * 1000)
             save_adapter(adapter, Path(tmpdir) / f"w{i}", force=True)
             t4 = time.perf_counter()
             embed_t.append((t1 - t0) * 1000)
@@ -387,7 +397,7 @@ def run_bench(req: BenchRequest, profile: Profile) -> dict[str, Any]:
             console.log(f"batch {b}: {b / best:.1f} adapters/s")
 
         peak_vram = round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None
-        cold, cold_rss = _cold_runs(req, ckpt_path, tmpdir)
+        cold, cold_rss, cold_cpu = _cold_runs(req, ckpt_path, tmpdir)
 
     memory = {"peak_rss_mb": _peak_rss_mb(), "cold_generate_peak_rss_mb": cold_rss, "peak_vram_mb": peak_vram}
     shape_cfg = load_shape(shape_name)["config"] if shape_name else _base_config(ckpt.base_model)
@@ -423,6 +433,8 @@ def run_bench(req: BenchRequest, profile: Profile) -> dict[str, Any]:
         "warm_ms": warm_p,
         "warm_write_ms": percentiles(warm_write),
         "cold_ms": cold_p,
+        "cpu_time_ms": {"warm": percentiles(warm_cpu), "cold": percentiles(cold_cpu),
+                        "note": "process CPU time (user + system, all threads): the work, independent of other load"},
         "throughput": throughput,
         "memory": memory,
         "baselines": {"load_base": load_base, "prompt": prompt},
@@ -475,9 +487,10 @@ def parse_batch(text: str) -> list[int]:
     return sizes
 
 
-def _cold_runs(req: BenchRequest, ckpt_path: str, tmpdir: str) -> tuple[list[float], float | None]:
-    """Fresh `t2l generate` processes, end to end; returns wall times (ms) and the largest child peak RSS (MiB)."""
-    walls, rss = [], []
+def _cold_runs(req: BenchRequest, ckpt_path: str, tmpdir: str) -> tuple[list[float], float | None, list[float]]:
+    """Fresh `t2l generate` processes, end to end; returns wall times (ms), the largest child peak RSS (MiB) and the
+    children's CPU times (ms, user + system over all threads)."""
+    walls, rss, cpus = [], [], []
     for i in range(req.cold_runs):
         out = Path(tmpdir) / f"cold{i}"
         cmd = [sys.executable, "-m", "t2lcli", "generate", DESCRIPTIONS[i % len(DESCRIPTIONS)], "-c", ckpt_path, "-o", str(out), "--json"]
@@ -490,10 +503,11 @@ def _cold_runs(req: BenchRequest, ckpt_path: str, tmpdir: str) -> tuple[list[flo
             last = err.strip().splitlines()[-1] if err.strip() else f"exit {code}"
             raise T2LError(f"cold `t2l generate` run failed: {last}")
         walls.append(wall * 1000)
+        cpus.append(_LAST_CHILD_CPU[0] * 1000)
         if peak is not None:
             rss.append(peak)
         console.log(f"cold run {i + 1}/{req.cold_runs}: {wall:.2f} s")
-    return walls, (max(rss) if rss else None)
+    return walls, (max(rss) if rss else None), cpus
 
 
 def _base_config(base: str) -> dict[str, Any] | None:
@@ -737,7 +751,11 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         elif report.get(section):
             value = report[section][key]
         met = None if value is None else (value < target if op == "<" else value >= target)
-        rows.append({"name": name, "value": value, "target": f"{op} {target:g}", "unit": unit, "met": met})
+        cpu = None
+        if section in ("warm_ms", "cold_ms"):
+            part = (report.get("cpu_time_ms") or {}).get(section.split("_")[0])
+            cpu = part[key] if part else None
+        rows.append({"name": name, "value": value, "target": f"{op} {target:g}", "unit": unit, "met": met, "cpu_time": cpu})
     if report["machine"]["gpu"] and shape == "smollm2-135m" and report["config"]["device"].startswith("cuda"):
         v = report["warm_ms"]["p50"]
         rows.append({"name": "warm p50 on GPU", "value": v, "target": "< 10", "unit": "ms", "met": v < 10})
