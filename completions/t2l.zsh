@@ -71,7 +71,8 @@ _t2l() {
             '*'{--limit,-n}'[Evaluate only the first N documents of each task; TASK=N for one task (repeatable).]:limit: ' \
             '(--num-fewshot -k)'{--num-fewshot,-k}'[Few-shot examples per prompt (default 0, the zero-shot setting).]:num-fewshot: ' \
             '--max-new-tokens[Cap on generated tokens (defaults - gsm8k 256, code 512, SNI 128).]:max-new-tokens: ' \
-            '--batch-size[Base-model batch size (default - profile base.batch_size).]:batch-size: ' \
+            '--batch-size[Base-model batch size for scoring (default - profile base.batch_size).]:batch-size: ' \
+            '--gen-batch-size[Batch size for generation (default - 64 on a CPU, else --batch-size).]:gen-batch-size: ' \
             '--backend[hf (default; CPU or GPU) or vllm (CUDA only; pip install t2lcli(vllm)).]:backend: ' \
             '(--base-model -m)'{--base-model,-m}'[Base model - registry name, local folder or hub id.]:base-model:_files' \
             '--scaling[Scaling of generated adapters - rslora (alpha/sqrt(r), as trained; default) or lora (alpha/r).]:scaling:(rslora lora)' \
