@@ -37,7 +37,8 @@ def eval_cmd(
     limit: Annotated[list[str] | None, typer.Option("--limit", "-n", help="Evaluate only the first N documents of each task; TASK=N for one task (repeatable).")] = None,
     num_fewshot: Annotated[int | None, typer.Option("--num-fewshot", "-k", help="Few-shot examples per prompt (default 0, the zero-shot setting).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Cap on generated tokens (defaults: gsm8k 256, code 512, SNI 128).")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Base-model batch size (default: profile base.batch_size).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Base-model batch size for scoring (default: profile base.batch_size).")] = None,
+    gen_batch_size: Annotated[int | None, typer.Option("--gen-batch-size", help="Batch size for generation (default: 64 on a CPU, else --batch-size).")] = None,
     backend: Annotated[str, typer.Option("--backend", help="hf (default; CPU or GPU) or vllm (CUDA only; pip install 't2lcli\\[vllm]').")] = "hf",
     base_model: BaseModelOpt = None,
     scaling: Annotated[str, typer.Option("--scaling", help="Scaling of generated adapters: rslora (alpha/sqrt(r), as trained; default) or lora (alpha/r).")] = "rslora",
@@ -63,7 +64,7 @@ def eval_cmd(
     req = EvalRequest(
         tasks=tasks, conditions=[conditions] if conditions is not None else None, checkpoint=checkpoint,
         descriptions=list(description or []), max_descriptions=max_descriptions, adapters=list(adapter or []), loras=list(lora or []), base_model=base_model,
-        limit=all_limit, task_limits=task_limits, num_fewshot=num_fewshot, max_new_tokens=max_new_tokens, batch_size=batch_size, backend=backend,
+        limit=all_limit, task_limits=task_limits, num_fewshot=num_fewshot, max_new_tokens=max_new_tokens, batch_size=batch_size, gen_batch_size=gen_batch_size, backend=backend,
         output=output, force=force, data_dir=data_dir, allow_code_exec=allow_code_exec, seed=seed, log_samples=log_samples,
         chat_template=not no_chat_template, scaling=scaling, trust_remote_code=trust_remote_code, argv=["t2l", *sys.argv[1:]],
     )

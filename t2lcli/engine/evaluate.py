@@ -70,6 +70,7 @@ class EvalRequest:
     num_fewshot: int | None = None
     max_new_tokens: int | None = None
     batch_size: int | None = None
+    gen_batch_size: int | None = None  # None: 64 on a CPU (decoding is memory-bound), else batch_size
     backend: str = "hf"
     output: Path | None = None
     force: bool = False
@@ -161,6 +162,8 @@ def validate(req: EvalRequest) -> list[str]:
         raise InputError(f"--max-descriptions must be >= 1, got {req.max_descriptions}")
     if req.batch_size is not None and req.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {req.batch_size}")
+    if req.gen_batch_size is not None and req.gen_batch_size < 1:
+        raise InputError(f"--gen-batch-size must be >= 1, got {req.gen_batch_size}")
     if req.backend not in ("hf", "vllm"):
         raise InputError(f"unknown backend '{req.backend}'", hint="use hf (default) or vllm")
     if req.scaling not in ("rslora", "lora"):
@@ -393,6 +396,16 @@ def _hf_lm_class() -> Any:
 
             share_prefix = True  # score multiple-choice options on one shared context pass
             fast_generate = True  # greedy decoding that drops finished sequences from the batch
+            gen_batch_size: int | None = None  # generation batch (decoding is memory-bound: larger batches pay off)
+
+            def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+                old = self.batch_size_per_gpu
+                if self.gen_batch_size:
+                    self.batch_size_per_gpu = self.gen_batch_size
+                try:
+                    return super().generate_until(requests, disable_tqdm)
+                finally:
+                    self.batch_size_per_gpu = old
 
             def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
                 return super().apply_chat_template(_merge_system(chat_history), add_generation_prompt)
@@ -402,17 +415,28 @@ def _hf_lm_class() -> Any:
                     return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
                 results: list[Any] = [None] * len(requests)
                 groups: dict[tuple[int, ...], list[int]] = {}
-                long = []
+                other = []
                 for i, (_, ctx, cont) in enumerate(requests):
-                    if len(ctx) + len(cont) > self.max_length + 1 or not ctx or not cont:
-                        long.append(i)
+                    if len(ctx) + len(cont) > self.max_length + 1 or len(ctx) < 2 or not cont:
+                        other.append(i)  # too long for the window, or no context to cache: HFLM's own path
                     else:
                         groups.setdefault(tuple(ctx), []).append(i)
-                if long:
-                    for i, r in zip(long, super()._loglikelihood_tokens([requests[i] for i in long], True, override_bs), strict=True):
+                if other:
+                    for i, r in zip(other, super()._loglikelihood_tokens([requests[i] for i in other], True, override_bs), strict=True):
                         results[i] = r
-                for ctx, idx in groups.items():
-                    for i, r in zip(idx, self._score_shared(list(ctx), [list(requests[i][2]) for i in idx]), strict=True):
+                # questions of similar length together; several questions per forward pass
+                items = sorted(groups.items(), key=lambda kv: -len(kv[0]))
+                per_pass = max(1, int(self.batch_size) if str(self.batch_size).isdigit() else 8)
+                for b in range(0, len(items), per_pass):
+                    batch = items[b : b + per_pass]
+                    try:
+                        scored = self._score_shared([(list(ctx), [list(requests[i][2]) for i in idx]) for ctx, idx in batch])
+                    except (AttributeError, NotImplementedError, TypeError) as exc:  # a model/cache without these hooks
+                        console.debug(f"shared-context scoring unavailable ({type(exc).__name__}: {exc}); using HFLM's path")
+                        self.share_prefix = False
+                        flat = [i for _, idx in batch for i in idx]
+                        scored = super()._loglikelihood_tokens([requests[i] for i in flat], True, override_bs)
+                    for i, r in zip([i for _, idx in batch for i in idx], scored, strict=True):
                         results[i] = r
                         if requests[i][0] is not None:
                             self.cache_hook.add_partial("loglikelihood", requests[i][0], r)
@@ -428,39 +452,44 @@ def _hf_lm_class() -> Any:
                 eos = {self.tokenizer.eos_token_id}
                 cfg_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
                 eos |= set(cfg_eos if isinstance(cfg_eos, list) else [cfg_eos])
-                return greedy_generate(self.model, self.tokenizer, context, mask, max_length - context.shape[1], stop,
-                                       {e for e in eos if e is not None}, self.tokenizer.pad_token_id or 0)
+                try:
+                    return greedy_generate(self.model, self.tokenizer, context, mask, max_length - context.shape[1], stop,
+                                           {e for e in eos if e is not None}, self.tokenizer.pad_token_id or 0)
+                except (AttributeError, NotImplementedError, TypeError) as exc:  # an architecture/cache without these hooks
+                    console.debug(f"batch-shrinking generation unavailable ({type(exc).__name__}: {exc}); using model.generate")
+                    self.fast_generate = False
+                    if mask is not None:
+                        kwargs["attention_mask"] = mask
+                    return super()._model_generate(context, max_length, stop, **kwargs)
 
-            def _score_shared(self, ctx: list[int], conts: list[list[int]]) -> list[tuple[float, bool]]:
+            def _score_shared(self, groups: list[tuple[list[int], list[list[int]]]]) -> list[tuple[float, bool]]:
+                """Score each group's continuations after its context: one left-padded pass over the contexts
+                (KV cache, no logits), then one pass over all continuations on the cache rows of their context."""
                 import torch
                 import torch.nn.functional as F
 
-                out: list[tuple[float, bool]] = []
-                step = max(1, int(self.batch_size) if str(self.batch_size).isdigit() else 8)
+                dev, pad = self.device, self.tokenizer.pad_token_id or 0
+                ctx_len = [len(c) - 1 for c, _ in groups]  # the last context token is fed with the continuation
+                width_c = max(ctx_len)
+                ids = torch.tensor([[pad] * (width_c - n) + c[:-1] for (c, _), n in zip(groups, ctx_len, strict=True)], device=dev)
+                cmask = torch.tensor([[0] * (width_c - n) + [1] * n for n in ctx_len], device=dev)
                 with torch.no_grad():
-                    past = None
-                    if len(ctx) > 1:
-                        past = self.model(input_ids=torch.tensor([ctx[:-1]], device=self.device), use_cache=True, logits_to_keep=1).past_key_values
-                    for s in range(0, len(conts), step):
-                        chunk = conts[s : s + step]
-                        width = max(len(c) for c in chunk)
-                        pad = self.tokenizer.pad_token_id or 0
-                        inp = torch.tensor([[ctx[-1], *c[:-1]] + [pad] * (width - len(c)) for c in chunk], device=self.device)
-                        mask = torch.tensor([[1] * (len(ctx) - 1 + len(c)) + [0] * (width - len(c)) for c in chunk], device=self.device)
-                        kwargs: dict[str, Any] = {"attention_mask": mask}
-                        if past is not None:
-                            import copy
-
-                            cache = copy.deepcopy(past) if s + step < len(conts) else past
-                            if len(chunk) > 1:
-                                cache.batch_repeat_interleave(len(chunk))
-                            kwargs.update(past_key_values=cache, use_cache=True)
-                        logp = F.log_softmax(self.model(input_ids=inp, **kwargs).logits, dim=-1, dtype=self.softmax_dtype)
-                        for j, c in enumerate(chunk):
-                            lp = logp[j, : len(c)]
-                            toks = torch.tensor(c, device=self.device)
-                            greedy = bool((lp.argmax(dim=-1) == toks).all())
-                            out.append((float(lp.gather(1, toks[:, None]).sum()), greedy))
+                    cache = self.model(input_ids=ids, attention_mask=cmask, position_ids=(cmask.cumsum(-1) - 1).clamp(min=0),
+                                       use_cache=True, logits_to_keep=1).past_key_values
+                    rows = [(g, c) for g, (_, conts) in enumerate(groups) for c in conts]
+                    cache.batch_select_indices(torch.tensor([g for g, _ in rows], device=dev))
+                    width = max(len(c) for _, c in rows)
+                    inp = torch.tensor([[groups[g][0][-1], *c[:-1]] + [pad] * (width - len(c)) for g, c in rows], device=dev)
+                    new_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for _, c in rows], device=dev)
+                    mask = torch.cat([cmask[[g for g, _ in rows]], new_mask], dim=1)
+                    pos = torch.tensor([[ctx_len[g] + k for k in range(width)] for g, _ in rows], device=dev)
+                    logits = self.model(input_ids=inp, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits
+                    logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+                out: list[tuple[float, bool]] = []
+                for j, (_, c) in enumerate(rows):
+                    lp = logp[j, : len(c)]
+                    toks = torch.tensor(c, device=dev)
+                    out.append((float(lp.gather(1, toks[:, None]).sum()), bool((lp.argmax(dim=-1) == toks).all())))
                 return out
 
         _CLASSES["hf"] = T2LHFLM
@@ -477,9 +506,10 @@ class HFBackend:
 
     name = "hf"
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int, chat: bool) -> None:
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int, chat: bool, gen_batch_size: int | None = None) -> None:
         self.model, self.tokenizer, self.chat = model, tokenizer, chat
         self.lm = _hf_lm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+        self.lm.gen_batch_size = gen_batch_size
 
     def shapes(self) -> dict[str, tuple[int, int]]:
         return model_linear_shapes(self.model)
@@ -560,6 +590,13 @@ def _quiet_libraries(verbose: bool) -> Any:
     """lm-eval and transformers log every step at INFO/WARNING; keep stderr readable unless -v."""
     names = ["lm_eval", "lm-eval", "transformers", "datasets", "accelerate"]
     old = {n: logging.getLogger(n).level for n in names}
+    import lm_eval.evaluator as _ev
+
+    # simple_evaluate collects torch's environment report (pip/conda/nvidia-smi subprocesses, ~1 s) and the git hash on
+    # every call; t2l records versions once in its own provenance, so skip them per run
+    env_patch = [(_ev, "add_env_info", _ev.add_env_info), (_ev, "get_git_commit_hash", _ev.get_git_commit_hash)]
+    _ev.add_env_info = lambda storage: storage.update(pretty_env_info="see t2l provenance")
+    _ev.get_git_commit_hash = lambda: None
     patched: list[tuple[Any, Any]] = []
     if not verbose:
         for n in names:
@@ -586,6 +623,8 @@ def _quiet_libraries(verbose: bool) -> Any:
             logging.getLogger(n).setLevel(lvl)
         for mod, orig in patched:
             mod.tqdm = orig
+        for mod, attr, orig in env_patch:
+            setattr(mod, attr, orig)
 
 
 def run_lm_eval(lm: Any, cfg: dict[str, Any], limit: int | None, seed: int, chat: bool) -> dict[str, Any]:
@@ -759,6 +798,17 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _check_all(rows: list[Row], shapes: dict[str, tuple[int, int]], base_spec: str, ckpt_prov: dict[str, Any] | None) -> None:
+    seen: set[int] = set()
+    for r in rows:
+        for vs in r.variants.values():
+            for v in vs:
+                if v.adapter is not None and id(v.adapter) not in seen:
+                    seen.add(id(v.adapter))
+                    what = f"adapter {v.adapter_path}" if v.adapter_path else f"the adapter generated by checkpoint {ckpt_prov['path'] if ckpt_prov else ''}"
+                    check_adapter_fits(v.adapter, shapes, what, base_spec)
+
+
 def _task_limit(req: EvalRequest, task: str) -> int | None:
     if task in req.task_limits:
         return req.task_limits[task]
@@ -831,6 +881,12 @@ def run_eval(req: EvalRequest, profile: Profile, on_row: Any = None) -> dict[str
 
     rows, desc_prov = plan_rows(req, conds, tasks, generator)
     all_adapters = [v.adapter for r in rows for vs in r.variants.values() for v in vs if v.adapter is not None]
+    try:  # refuse adapters for another base from config.json alone, before loading any weights
+        config_shapes: dict[str, tuple[int, int]] | None = config_linear_shapes(model_dir)
+    except T2LError:
+        config_shapes = None  # a model type ModelShape does not know: checked against the loaded modules below
+    if config_shapes is not None:
+        _check_all(rows, config_shapes, base_spec, ckpt_prov)
 
     import torch
 
@@ -849,19 +905,13 @@ def run_eval(req: EvalRequest, profile: Profile, on_row: Any = None) -> dict[str
 
             model, tok = load_base_model(str(model_dir), profile.base)
             chat = bool(req.chat_template and getattr(tok, "chat_template", None))
-            backend = HFBackend(model, tok, req.batch_size or profile.base.batch_size, chat)
+            batch = req.batch_size or profile.base.batch_size
+            gen_batch = req.gen_batch_size or (max(64, batch) if model.device.type == "cpu" else batch)
+            backend = HFBackend(model, tok, batch, chat, gen_batch)
             dtype = str(next(model.parameters()).dtype).replace("torch.", "")
         load_s = time.perf_counter() - t0
 
-        shapes = backend.shapes()
-        seen: set[int] = set()
-        for r in rows:
-            for vs in r.variants.values():
-                for v in vs:
-                    if v.adapter is not None and id(v.adapter) not in seen:
-                        seen.add(id(v.adapter))
-                        what = f"adapter {v.adapter_path}" if v.adapter_path else f"the adapter generated by checkpoint {ckpt_prov['path'] if ckpt_prov else ''}"
-                        check_adapter_fits(v.adapter, shapes, what, base_spec)
+        _check_all(rows, backend.shapes(), base_spec, ckpt_prov)
 
         versions = _versions()
         provenance = {
@@ -870,6 +920,7 @@ def run_eval(req: EvalRequest, profile: Profile, on_row: Any = None) -> dict[str
             "model": {"spec": base_spec, "path": str(model_dir), "dtype": dtype, "device": profile.base.device,
                       "quantization": profile.base.quantization, "chat_template": chat},
             "profile": profile.name, "backend": req.backend, "batch_size": req.batch_size or profile.base.batch_size,
+            "gen_batch_size": getattr(getattr(backend, "lm", None), "gen_batch_size", None),
             "checkpoint": ckpt_prov, "seed": req.seed, "limit": req.limit, "limits": limits, "num_fewshot": req.num_fewshot,
             "num_fewshot_label": "0-shot" if not req.num_fewshot else f"{req.num_fewshot}-shot",
             "max_new_tokens": req.max_new_tokens, "conditions": conds, "data_dir": req.data_dir or os.environ.get("T2L_DATA_DIR") or "package",
