@@ -5,6 +5,8 @@ The CLI error boundary (`t2lcli.cli.main`) prints them as one line (plus the hin
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class T2LError(Exception):
     """An error meant for the user: printed as one line, no traceback, exit code 1."""
@@ -61,3 +63,23 @@ def format_problems(header: str, problems: list[str]) -> str:
     if len(problems) == 1:
         return f"{header}: {problems[0]}"
     return f"{header} ({len(problems)} problems): " + "; ".join(problems)
+
+
+def show_value(value: Any, limit: int = 60) -> str:
+    """A short one-line repr of a user-supplied value for an error message (bounded: never expands a huge or
+    self-referencing structure)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = limit
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = 6
+    r.maxlevel = 3
+    text = r.repr(value)
+    return text if len(text) <= limit + 20 else text[: limit + 17] + "..."
+
+
+def show_key(key: Any, limit: int = 60) -> str:
+    """A config key as typed (plain identifiers as they are, anything else as a short repr)."""
+    if isinstance(key, str) and key.replace(".", "_").replace("-", "_").isidentifier() and len(key) <= limit:
+        return key
+    return show_value(key, limit)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t2lcli.errors import ProfileError, format_problems
+from t2lcli.errors import ProfileError, format_problems, show_key, show_value
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 QUANTIZATION = ("none", "8bit", "4bit")
@@ -68,19 +68,18 @@ def list_profiles() -> list[str]:
 
 
 def _read_yaml(path: Path) -> Any:
-    import yaml
+    from t2lcli.safe_yaml import YamlError, load_yaml
 
     try:
+        if path.stat().st_size > 1_000_000:
+            raise ProfileError(f"profile {path} is larger than 1 MB; refusing to parse it")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(f"cannot read profile {path}: {exc}") from None
-    if len(text) > 1_000_000:
-        raise ProfileError(f"profile {path} is larger than 1 MB; refusing to parse it")
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "syntax error"
-        raise ProfileError(f"profile {path} is not valid YAML: {first}") from None
+        return load_yaml(text)
+    except YamlError as exc:
+        raise ProfileError(f"profile {path} is not valid YAML: {exc.reason}") from None
 
 
 def _locate(name_or_path: str) -> Path:
@@ -109,28 +108,28 @@ def _check_value(where: str, key: str, value: Any, default: Any, problems: list[
         return value
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            problems.append(f"{where}{key}: expected true/false, got {value!r}")
+            problems.append(f"{where}{key}: expected true/false, got {show_value(value)}")
         return value
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"{where}{key}: expected an integer, got {value!r}")
+            problems.append(f"{where}{key}: expected an integer, got {show_value(value)}")
         elif value < 0:
-            problems.append(f"{where}{key}: must be >= 0, got {value}")
+            problems.append(f"{where}{key}: must be >= 0, got {show_value(value)}")
         return value
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{where}{key}: expected a number, got {value!r}")
+            problems.append(f"{where}{key}: expected a number, got {show_value(value)}")
             return value
         return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):
-            problems.append(f"{where}{key}: expected a string, got {value!r}")
+            problems.append(f"{where}{key}: expected a string, got {show_value(value)}")
             return value
         allowed = {"dtype": DTYPES, "quantization": QUANTIZATION, "attn_implementation": ATTN}.get(key)
         if allowed and value not in allowed:
-            problems.append(f"{where}{key}: '{value}' is not one of {', '.join(allowed)}")
+            problems.append(f"{where}{key}: {show_value(value)} is not one of {', '.join(allowed)}")
         if key == "device" and value.split(":")[0] not in DEVICES:
-            problems.append(f"{where}{key}: '{value}' is not one of {', '.join(DEVICES)} (cuda:N allowed)")
+            problems.append(f"{where}{key}: {show_value(value)} is not one of {', '.join(DEVICES)} (cuda:N allowed)")
         return value
     return value
 
@@ -144,7 +143,7 @@ def _apply(profile: Profile, data: Any, origin: str, problems: list[str]) -> Non
     top_fields = {f.name: f for f in dataclasses.fields(Profile)}
     for key, value in data.items():
         if not isinstance(key, str) or key not in top_fields or key == "source":
-            problems.append(f"{origin}: unknown key '{key}' (known: {', '.join(k for k in top_fields if k != 'source')})")
+            problems.append(f"{origin}: unknown key '{show_key(key)}' (known: {', '.join(k for k in top_fields if k != 'source')})")
             continue
         if key in _COMPONENTS:
             if not isinstance(value, dict):
@@ -154,7 +153,7 @@ def _apply(profile: Profile, data: Any, origin: str, problems: list[str]) -> Non
             comp_fields = {f.name for f in dataclasses.fields(ComponentSettings)}
             for sub, subval in value.items():
                 if sub not in comp_fields:
-                    problems.append(f"{origin}: unknown key '{key}.{sub}' (known: {', '.join(sorted(comp_fields))})")
+                    problems.append(f"{origin}: unknown key '{key}.{show_key(sub)}' (known: {', '.join(sorted(comp_fields))})")
                     continue
                 coerced = _check_value(f"{origin}: {key}.", sub, subval, getattr(ComponentSettings(), sub), problems)
                 setattr(comp, sub, coerced)
@@ -177,31 +176,31 @@ def parse_set_overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def _parse_set(items: list[str] | None, problems: list[str]) -> dict[str, Any]:
-    import yaml
+    from t2lcli.safe_yaml import YamlError, load_yaml
 
     result: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            problems.append(f"--set '{item}' is not KEY=VALUE (e.g. --set base.dtype=bfloat16)")
+            problems.append(f"--set {show_value(item)} is not KEY=VALUE (e.g. --set base.dtype=bfloat16)")
             continue
         key, raw = item.split("=", 1)
         key = key.strip()
         if not key or any(not part.isidentifier() for part in key.split(".")):
-            problems.append(f"--set '{item}': '{key}' is not a dotted key such as base.dtype")
+            problems.append(f"--set {show_value(item)}: {show_value(key)} is not a dotted key such as base.dtype")
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = load_yaml(raw) if raw.strip() else ""
+        except YamlError:
             value = raw
         if isinstance(value, (dict, list)):
-            problems.append(f"--set '{item}': only scalar values can be set")
+            problems.append(f"--set {show_value(item)}: only scalar values can be set")
             continue
         node = result
         parts = key.split(".")
         for part in parts[:-1]:
             nxt = node.setdefault(part, {})
             if not isinstance(nxt, dict):
-                problems.append(f"--set '{item}': '{part}' is set both as a value and as a section")
+                problems.append(f"--set {show_value(item)}: '{part}' is set both as a value and as a section")
                 break
             node = nxt
         else:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t2lcli.errors import ConfigError, format_problems
+from t2lcli.errors import ConfigError, format_problems, show_key, show_value
 
 
 @dataclass
@@ -110,7 +110,7 @@ def _fill(obj: Any, data: Any, where: str, problems: list[str]) -> None:
     hints = typing.get_type_hints(type(obj))
     fields = {f.name for f in dataclasses.fields(obj)}
     for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
+        path = f"{where}.{show_key(key)}" if where else show_key(key)
         if key not in fields:
             problems.append(f"unknown key '{path}'")
             continue
@@ -121,10 +121,10 @@ def _fill(obj: Any, data: Any, where: str, problems: list[str]) -> None:
         typ = hints[key]
         ok, coerced = _check(typ, value)
         if not ok:
-            problems.append(f"{path}: expected {_type_name(typ)}, got {value!r}")
+            problems.append(f"{path}: expected {_type_name(typ)}, got {show_value(value)}")
             continue
         if key in _CHOICES and coerced not in _CHOICES[key]:
-            problems.append(f"{path}: '{coerced}' is not one of {', '.join(_CHOICES[key])}")
+            problems.append(f"{path}: {show_value(coerced)} is not one of {', '.join(_CHOICES[key])}")
             continue
         if isinstance(coerced, (int, float)) and not isinstance(coerced, bool) and coerced < 0:
             problems.append(f"{path}: must be >= 0, got {coerced}")
@@ -184,16 +184,16 @@ def locate_recipe(name_or_path: str) -> Path:
 
 def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe (shipped name or path), apply `--set a.b=c` overrides, validate everything at once."""
-    import yaml
-
     from t2lcli.hardware import parse_set_overrides
+    from t2lcli.safe_yaml import MAX_BYTES, YamlError, load_yaml
 
     path = locate_recipe(name_or_path)
     try:
-        text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text) if len(text) < 1_000_000 else None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read recipe {path}: {str(exc).splitlines()[0]}") from None
+        if path.stat().st_size > MAX_BYTES:
+            raise ConfigError(f"recipe {path} is larger than 1 MB; refusing to parse it")
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, YamlError) as exc:
+        raise ConfigError(f"cannot read recipe {path}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
     recipe = Recipe()
     problems: list[str] = []
     _fill(recipe, data if data is not None else {}, "", problems)

@@ -9,6 +9,7 @@ device, so loading the 230M-parameter Llama-8B checkpoint costs about its file s
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ from t2lcli.engine.adapters import tensors_sha256
 from t2lcli.engine.base_model import ModelShape, ModuleShape
 from t2lcli.engine.encoder import EncoderSpec, encoder_spec_for
 from t2lcli.engine.hypernet import HyperLoRA, HyperNetConfig
-from t2lcli.errors import CheckpointError, format_problems
+from t2lcli.errors import CheckpointError, format_problems, show_value
 
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MODULE_NAME = re.compile(r"^[A-Za-z0-9_]{1,100}$")
 UNSUPPORTED_ENCODERS = ("discrete", "vq", "softmax")
 SFR_PREFIX = "Instruct: Retrieve semantically similar text.\nQuery: "
 FILES_HINT = "an official folder holds hypermod.pt, args.yaml and adapter_config.json (e.g. trained_t2l/llama_8b_t2l)"
@@ -37,7 +39,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"missing {path.name} in {path.parent}", hint=FILES_HINT)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a JSON object")
@@ -45,15 +47,15 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_args(path: Path) -> dict[str, Any]:
-    import yaml
+    from t2lcli.safe_yaml import YamlError, load_yaml
 
     if not path.is_file():
         raise CheckpointError(f"missing args.yaml in {path.parent}", hint=FILES_HINT)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except (YamlError, UnicodeDecodeError) as exc:
         raise CheckpointError(
-            f"{path} is not valid YAML (or uses tags other than plain data): {str(exc).splitlines()[0]}",
+            f"{path} is not valid YAML (or uses tags other than plain data): {(str(exc).splitlines() or ['unreadable'])[0]}",
             hint="args.yaml is read with yaml.safe_load; objects/tags are refused",
         ) from None
     if not isinstance(data, dict):
@@ -86,8 +88,8 @@ def read_state_dict(path: Path, mmap: bool = True) -> dict[str, torch.Tensor]:
             + (f" ({first[:160]})" if first else ""),
             hint="t2l loads .pt files only with torch.load(weights_only=True); nothing from the file was executed",
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    except Exception as exc:  # malformed pickles raise anything (IndexError, struct.error, ...); nothing ran
+        first = str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} is corrupt or truncated: {first}", hint="re-download hypermod.pt") from None
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path} holds a {type(sd).__name__}, not a state dict (a flat dict of tensors)")
@@ -187,9 +189,10 @@ def config_from_official(folder: Path) -> tuple[HyperNetConfig, dict[str, Any], 
         raise CheckpointError(f"missing hypermod.pt in {folder}", hint=FILES_HINT)
     _check_args(args)
     tm = adapter.get("target_modules")
-    if not isinstance(tm, list) or not tm or not all(isinstance(m, str) for m in tm) or len(set(tm)) != len(tm):
+    if not isinstance(tm, list) or not tm or not all(isinstance(m, str) and _MODULE_NAME.match(m) for m in tm) or len(set(tm)) != len(tm):
         raise CheckpointError(
-            "adapter_config.json target_modules must be a non-empty list of distinct names (its order defines the module types)",
+            "adapter_config.json target_modules must be a non-empty list of distinct module names such as q_proj "
+            "(its order defines the module types)",
             hint="a regex string or a set cannot give the module order",
         )
     if str(adapter.get("peft_type", "LORA")).upper() != "LORA":
@@ -221,6 +224,9 @@ def config_from_official(folder: Path) -> tuple[HyperNetConfig, dict[str, Any], 
         ranks.update({int(a.shape[1]), int(b.shape[2])})
     if problems:
         raise CheckpointError(format_problems(f"{where} is inconsistent", problems))
+    flat = [f"{k} {tuple(sd[k].shape)}" for k in needed[:5] if sd[k].dim() != 2]
+    if flat:
+        raise CheckpointError(format_problems(f"{where} is inconsistent", [f"{x} must be 2-D" for x in flat]))
     r_cfg = adapter.get("r", 8)
     if len(ranks) != 1:
         raise CheckpointError(f"{where}: AB_offset tensors disagree on the rank ({sorted(ranks)})")
@@ -234,14 +240,14 @@ def config_from_official(folder: Path) -> tuple[HyperNetConfig, dict[str, Any], 
     if latent % 4:
         raise CheckpointError(f"{where}: mixer width {latent} is not divisible by 4 (not a T2L hypernetwork)")
     for name, derived in (("hypernet_latent_size", latent), ("head_in_size", head_in)):
-        if args.get(name) is not None and int(args[name]) != derived:
-            problems.append(f"args.yaml {name}={args[name]} but the weights say {derived}")
+        if args.get(name) is not None and args[name] != derived:
+            problems.append(f"args.yaml {name}={show_value(args[name])} but the weights say {derived}")
     n_mod = int(sd["layer_type_encoder.0.weight"].shape[0])
     if n_mod != len(tm):
         problems.append(f"{n_mod} module types in layer_type_encoder but {len(tm)} target_modules in adapter_config.json")
     args_tm = args.get("target_modules")
     if isinstance(args_tm, list) and sorted(map(str, args_tm)) != sorted(tm):
-        problems.append(f"args.yaml target_modules {args_tm} differ from adapter_config.json {tm}")
+        problems.append(f"args.yaml target_modules {show_value(args_tm)} differ from adapter_config.json {show_value(tm)}")
     for m in tm:
         d_in, d_out = dims[m]
         if any(int(t.shape[0]) != n_layers for t in (sd[f"AB_offset.A.{m}"], sd[f"AB_offset.B.{m}"])):
@@ -267,27 +273,31 @@ def config_from_official(folder: Path) -> tuple[HyperNetConfig, dict[str, Any], 
         alpha = float(adapter.get("lora_alpha", 16))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{folder}: a number in args.yaml/adapter_config.json is invalid: {exc}") from None
-    cfg = HyperNetConfig(
-        variant=variant,
-        emb_dim=emb_dim,
-        latent=latent,
-        head_in=head_in,
-        n_layers=n_layers,
-        target_modules=list(tm),
-        module_dims=dims,
-        r=r,
-        lora_alpha=alpha,
-        use_rslora=bool(adapter.get("use_rslora", False)),
-        head_bias=all(f"heads.{m}.bias" in sd for m in tm),
-        learnable_pos_emb=bool(args.get("learnable_pos_emb", False)),
-        training_task=task,
-        pred_z_score=pred_z,
-        factorized=factorized,
-        delta_w_scaling=delta_w_scaling,
-        ab_offset=True,
-        recon_stats=recon_stats,
-    )
+    try:
+        cfg = HyperNetConfig(
+            variant=variant,
+            emb_dim=emb_dim,
+            latent=latent,
+            head_in=head_in,
+            n_layers=n_layers,
+            target_modules=list(tm),
+            module_dims=dims,
+            r=r,
+            lora_alpha=alpha,
+            use_rslora=bool(adapter.get("use_rslora", False)),
+            head_bias=all(f"heads.{m}.bias" in sd for m in tm),
+            learnable_pos_emb=bool(args.get("learnable_pos_emb", False)),
+            training_task=task,
+            pred_z_score=pred_z,
+            factorized=factorized,
+            delta_w_scaling=delta_w_scaling,
+            ab_offset=True,
+            recon_stats=recon_stats,
+        )
+    except ValueError as exc:
+        raise CheckpointError(f"{folder}: inconsistent sizes or settings: {exc}") from None
     return cfg, args, adapter, sd, problems
+
 
 
 def load_official(folder: Path) -> Any:
