@@ -74,6 +74,12 @@ def _known_message(exc: BaseException) -> tuple[str, str | None] | None:
         return f"permission denied: {exc.filename or exc}", "choose a writable location"
     if isinstance(exc, OSError) and exc.errno == 28:
         return "no space left on device; nothing partial was kept", "free some disk space and retry"
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        # the environment refused a path (name too long, not a directory, read-only file system, ...): one line
+        from t2lcli.errors import show_value
+
+        where = f": {show_value(str(exc.filename), 160)}" if exc.filename is not None else ""
+        return f"{exc.strerror[:1].lower()}{exc.strerror[1:]}{where}", "check the path"
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
         return "out of GPU memory", "use a smaller profile (e.g. --profile gpu-16gb) or a smaller --set base.batch_size"

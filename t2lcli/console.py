@@ -61,14 +61,33 @@ def error(message: str, hint: str | None = None) -> None:
 
 def emit(text: str) -> None:
     """A plain result line on stdout."""
-    sys.stdout.write(text + "\n")
+    sys.stdout.write(_printable(text) + "\n")
     sys.stdout.flush()
 
 
 def emit_json(obj: Any) -> None:
     """One JSON document (a single line) on stdout."""
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+    text = json.dumps(obj, ensure_ascii=False, default=str)
+    # characters that some line readers treat as line breaks stay escaped, so one document is always one line
+    text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085")
+    sys.stdout.write(_printable(text) + "\n")
     sys.stdout.flush()
+
+
+def _printable(text: str) -> str:
+    """`text` as stdout can encode it: lone surrogates (undecodable bytes in a path or argument) become \\udcXX."""
+    import codecs
+
+    enc = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        codecs.lookup(enc)
+    except LookupError:
+        enc = "utf-8"
+    try:
+        text.encode(enc)
+        return text
+    except UnicodeEncodeError:
+        return text.encode(enc, "backslashreplace").decode(enc, "replace")
 
 
 def progress(transient: bool = False) -> Any:
