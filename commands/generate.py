@@ -72,6 +72,7 @@ def generate(
         description=description, output=output, from_file=from_file, embedding_file=embedding_file, checkpoint=checkpoint,
         base_model=base_model, dtype=DTYPE_NAMES[(dtype or Dtype.fp32).value], scale=scale, scaling=scaling,
         batch_size=batch_size or prof.hypernet.batch_size, skip_bad=skip_bad, force=force, trust_remote_code=trust_remote_code,
+        keep_results=False,
     )
     t0 = time.perf_counter()
     results = run_generate(req, prof, on_result=(console.emit_json if json_out else _print_result))

@@ -16,6 +16,8 @@ from typing import IO
 from t2lcli.errors import InputError
 
 MAX_NAME = 80
+MAX_DESCRIPTION_CHARS = 20_000  # a task description is a sentence or a paragraph (t2lcli.engine.encoder uses it too)
+MAX_LINE_BYTES = 1 << 20  # a longer batch line is reported (and skipped with --skip-bad) without being held in memory
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
 
 
@@ -30,6 +32,30 @@ class Item:
 class BadLine:
     line: int
     reason: str
+
+
+def valid_text(text: str) -> str:
+    """`text` with lone surrogates (undecodable bytes in argv, `\\ud800` escapes in JSON) replaced by U+FFFD, so it
+    can be written to UTF-8 files and printed."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:  # undecodable bytes of an argument (surrogateescape): back to the bytes, one U+FFFD per bad sequence
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def description_problem(text: str) -> str | None:
+    """Why `text` cannot be a description (empty or over-long), or None."""
+    n = len(text.strip())
+    if n == 0:
+        return "empty description"
+    if n > MAX_DESCRIPTION_CHARS:
+        return f"description is {n} characters; the limit is {MAX_DESCRIPTION_CHARS}"
+    return None
 
 
 def slugify(text: str, fallback: str) -> str:
@@ -75,7 +101,10 @@ def iter_items(source: str) -> Iterator[Item | BadLine]:
     fh = _open(source)
     names = NameAllocator()
     try:
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw in enumerate(_lines(fh), start=1):
+            if raw is None:
+                yield BadLine(lineno, f"line is longer than {MAX_LINE_BYTES} bytes")
+                continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -89,7 +118,11 @@ def iter_items(source: str) -> Iterator[Item | BadLine]:
                 try:
                     obj = json.loads(text)
                 except ValueError as exc:
-                    yield BadLine(lineno, f"malformed JSON ({exc.msg} at column {exc.colno})")
+                    where = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+                    yield BadLine(lineno, f"malformed JSON ({where})")
+                    continue
+                except RecursionError:
+                    yield BadLine(lineno, "malformed JSON (nested too deeply)")
                     continue
                 if not isinstance(obj, dict) or not isinstance(obj.get("description"), str):
                     yield BadLine(lineno, "expected an object with a string 'description'")
@@ -101,11 +134,26 @@ def iter_items(source: str) -> Iterator[Item | BadLine]:
                     continue
             else:
                 desc, raw_name = text, None
-            if not desc.strip():
-                yield BadLine(lineno, "empty description")
+            problem = description_problem(desc)
+            if problem:
+                yield BadLine(lineno, problem)
                 continue
             fallback = f"adapter-{lineno:06d}"
-            yield Item(lineno, names(slugify(raw_name if raw_name else desc[:60], fallback)), desc)
+            yield Item(lineno, names(slugify(raw_name if raw_name else desc[:60], fallback)), valid_text(desc))
     finally:
         if fh is not sys.stdin.buffer:
             fh.close()
+
+
+def _lines(fh: IO[bytes]) -> Iterator[bytes | None]:
+    """Lines of at most MAX_LINE_BYTES; a longer line is consumed in bounded pieces and yielded as None."""
+    while True:
+        line = fh.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):
+                line = fh.readline(MAX_LINE_BYTES)
+            yield None
+            continue
+        yield line

@@ -16,9 +16,8 @@ from typing import Any
 
 import torch
 
+from t2lcli.batch import MAX_DESCRIPTION_CHARS, valid_text
 from t2lcli.errors import InputError, ModelNotFoundError, T2LError
-
-MAX_DESCRIPTION_CHARS = 20_000
 
 
 @dataclass
@@ -58,7 +57,7 @@ def preprocess(text: str, spec: EncoderSpec) -> str:
             f"description is {len(s)} characters; the limit is {MAX_DESCRIPTION_CHARS}",
             hint="a task description is a sentence or a paragraph, not a document",
         )
-    s = s.encode("utf-8", "replace").decode("utf-8")  # lone surrogates from bad input become U+FFFD
+    s = valid_text(s)  # lone surrogates from bad input become U+FFFD
     if spec.add_full_stop and s[-1].isalpha():
         s += "."
     return spec.prefix + s

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from t2lcli.batch import valid_text
 from t2lcli.engine.adapters import Adapter, effective_scaling, peft_config, save_adapter
 from t2lcli.engine.checkpoint import T2LCheckpoint, load_checkpoint
 from t2lcli.engine.hypernet import lora_state_dict
@@ -116,8 +117,16 @@ class Generator:
             tensors = lora_state_dict(paths, fac, i)
             if opts.scale != 1.0:
                 tensors = {k: (v * opts.scale if ".lora_B." in k else v) for k, v in tensors.items()}
+            # checked on the stacked factors (a few ops per adapter), not on each of the 2·layers·modules PEFT tensors,
+            # which cost ~12% of a warm generate; B is checked after --scale so an overflow is caught too
+            stacked = [t for a, b in fac.values() for t in (a[i], b[i] * opts.scale if opts.scale != 1.0 else b[i])]
+            if not all(bool(torch.isfinite(t).all()) for t in stacked):
+                raise T2LError(
+                    f"the adapter for {'description' if len(descriptions) == 1 else f'item {i + 1}'} has NaN/Inf values; nothing was written for it",
+                    hint="lower --scale, or check the checkpoint (t2l inspect CHECKPOINT)",
+                )
             meta = {
-                "description": desc,
+                "description": valid_text(desc),
                 "scale": opts.scale,
                 "scaling": opts.scaling,
                 "effective_scale": effective,
@@ -157,9 +166,11 @@ def load_embeddings(path: Path | str) -> torch.Tensor:
 
         try:
             arr = np.load(str(path), allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise InputError(f"cannot read {path} as .npy: {exc}") from None
-        t = torch.from_numpy(np.ascontiguousarray(arr)).float()
+        except (ValueError, OSError, EOFError) as exc:  # object arrays (pickle) are refused as ValueError
+            raise InputError(f"cannot read {path} as .npy: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiub":
+            raise InputError(f"{path} does not hold a numeric array")
+        t = torch.from_numpy(np.ascontiguousarray(arr).astype(np.float32))
     else:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -177,8 +188,8 @@ def load_embeddings(path: Path | str) -> torch.Tensor:
             t = next(iter(tensors.values())).float()
     if t.dim() == 1:
         t = t[None]
-    if t.dim() != 2:
-        raise InputError(f"embeddings in {path} must be [n, dim], got {list(t.shape)}")
+    if t.dim() != 2 or t.shape[0] == 0 or t.shape[1] == 0:
+        raise InputError(f"embeddings in {path} must be [n, dim] with n, dim > 0, got {list(t.shape)}")
     return t
 
 

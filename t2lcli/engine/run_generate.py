@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from t2lcli import console
-from t2lcli.batch import BadLine, Item, iter_items
+from t2lcli.batch import BadLine, Item, iter_items, valid_text
 from t2lcli.engine.adapters import WEIGHTS_NAME, tensors_sha256
 from t2lcli.engine.atomic import check_output_free
 from t2lcli.errors import InputError
@@ -31,6 +31,7 @@ class GenerateRequest:
     skip_bad: bool = False
     force: bool = False
     trust_remote_code: bool = False
+    keep_results: bool = True  # False: return only the first result (a long batch then runs in flat memory)
 
 
 def _chunks(items: Iterator[Item | BadLine], size: int, skip_bad: bool) -> Iterator[list[Item]]:
@@ -65,7 +66,10 @@ def _prescan(source: str, skip_bad: bool, output: Path, force: bool) -> int:
 
 
 def run_generate(req: GenerateRequest, profile: Profile, on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Generate and write adapters; calls `on_result` after each one is complete on disk. Returns all results."""
+    """Generate and write adapters; calls `on_result` after each one is complete on disk.
+
+    Returns all results, or only the first when `req.keep_results` is False (streamed batches: `on_result` sees each).
+    """
     from t2lcli.engine.generate import GenerateOptions, Generator, check_base_matches, load_embeddings
 
     total: int | None = None
@@ -80,6 +84,10 @@ def run_generate(req: GenerateRequest, profile: Profile, on_result: Callable[[di
 
         preprocess(req.description, EncoderSpec())  # fail fast on empty/over-long input, before loading anything
 
+    if profile.threads:  # `--set threads=N`; adapters are byte-identical for any thread count (tests/test_hardening_determinism.py)
+        import torch
+
+        torch.set_num_threads(profile.threads)
     t_load = time.perf_counter()
     gen = Generator.load(
         req.checkpoint, device=profile.hypernet.device, dtype=profile.hypernet.dtype, encoder_device=profile.encoder.device,
@@ -89,16 +97,20 @@ def run_generate(req: GenerateRequest, profile: Profile, on_result: Callable[[di
     check_base_matches(gen.ckpt, req.base_model)
     opts = GenerateOptions(scale=req.scale, scaling=req.scaling, dtype=req.dtype)
     results: list[dict[str, Any]] = []
+    written = 0
 
     def write(adapter: Any, path: Path, name: str, desc: str, t_embed: float, t_fwd: float) -> None:
         t0 = time.perf_counter()
         gen.save(adapter, path, force=req.force, dtype=req.dtype)
         res = {
-            "path": str(path), "name": name, "description": desc, "sha256": tensors_sha256(path / WEIGHTS_NAME),
+            "path": str(path), "name": name, "description": valid_text(desc), "sha256": tensors_sha256(path / WEIGHTS_NAME),
             "timings_ms": {"checkpoint_load": round(load_s * 1000, 3), "embed": round(t_embed * 1000, 3),
                            "hypernet": round(t_fwd * 1000, 3), "write": round((time.perf_counter() - t0) * 1000, 3)},
         }
-        results.append(res)
+        nonlocal written
+        written += 1
+        if req.keep_results or not results:
+            results.append(res)
         if on_result:
             on_result(res)
 
@@ -145,7 +157,7 @@ def run_generate(req: GenerateRequest, profile: Profile, on_result: Callable[[di
             for it, ad in zip(chunk, adapters, strict=True):
                 write(ad, req.output / it.name, it.name, it.description, t_embed, t_fwd)
             bar.advance(task, len(chunk))
-    if not results:
+    if not written:
         raise InputError("no descriptions were read", hint="give one description per line")
     _warn_truncation(gen)
     return results
