@@ -18,12 +18,13 @@ import torch
 
 from t2lcli import __version__
 from t2lcli.engine.atomic import atomic_dir
-from t2lcli.errors import AdapterFormatError, format_problems
+from t2lcli.errors import AdapterFormatError, format_problems, show_key, show_value
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 _KEY = re.compile(r"^base_model\.model\.(?P<path>.+)\.(?P<mod>[A-Za-z0-9_]+)\.lora_(?P<ab>[AB])\.weight$")
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @dataclass
@@ -152,9 +153,10 @@ def save_adapter(adapter: Adapter, out_dir: Path | str, force: bool = False, dty
     meta = {**adapter.meta, "tool_version": adapter.meta.get("tool_version", __version__)}
     with atomic_dir(out_dir, force=force) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        (tmp / CONFIG_NAME).write_text(json.dumps(adapter.config, indent=2, sort_keys=True) + "\n")
-        (tmp / "README.md").write_text(model_card(Adapter(adapter.config, tensors, meta)))
-        (tmp / "t2l_adapter.json").write_text(json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        (tmp / CONFIG_NAME).write_text(json.dumps(adapter.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(Adapter(adapter.config, tensors, meta)), encoding="utf-8", errors="replace")
+        (tmp / "t2l_adapter.json").write_text(json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8",
+                                              errors="replace")
     return out_dir
 
 
@@ -173,16 +175,20 @@ def load_adapter(path: Path | str, device: str = "cpu") -> Adapter:
     problems: list[str] = []
     cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
     config: dict[str, Any] = {}
+    config_read = False
     if not cfg_path.is_file():
         problems.append(f"missing {CONFIG_NAME}")
     else:
         try:
             config = json.loads(cfg_path.read_text(encoding="utf-8"))
-            if not isinstance(config, dict):
+            config_read = isinstance(config, dict)
+            if not config_read:
                 problems.append(f"{CONFIG_NAME} is not a JSON object")
                 config = {}
         except (ValueError, UnicodeDecodeError) as exc:
             problems.append(f"{CONFIG_NAME} is not valid JSON ({exc})")
+        except RecursionError:
+            problems.append(f"{CONFIG_NAME} is not valid JSON (nested too deeply)")
     tensors: dict[str, torch.Tensor] = {}
     weights_read = False
     if not w_path.is_file():
@@ -193,15 +199,20 @@ def load_adapter(path: Path | str, device: str = "cpu") -> Adapter:
             weights_read = True
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             problems.append(f"{WEIGHTS_NAME} is not a valid safetensors file ({str(exc).splitlines()[0] if str(exc) else 'unreadable'})")
-    if config:
-        if str(config.get("peft_type", "LORA")).upper() != "LORA":
-            problems.append(f"peft_type is {config.get('peft_type')}, only LORA is supported")
+    if config_read:
+        peft_type = config.get("peft_type", "LORA")
+        if not isinstance(peft_type, str) or peft_type.upper() != "LORA":
+            problems.append(f"peft_type is {show_key(peft_type)}, only LORA is supported")
         r = config.get("r")
         if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
-            problems.append(f"r must be a positive integer, got {r!r}")
+            problems.append(f"r must be a positive integer, got {show_value(r)}")
             r = None
-        if not isinstance(config.get("lora_alpha", 1), (int, float)):
-            problems.append(f"lora_alpha must be a number, got {config.get('lora_alpha')!r}")
+        alpha = config.get("lora_alpha", 1)
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+            problems.append(f"lora_alpha must be a number (finite), got {show_value(alpha)}")
+        tm = config.get("target_modules")
+        if tm is not None and not isinstance(tm, (list, str)):
+            problems.append(f"target_modules must be a list of names, got {show_value(tm)}")
     else:
         r = None
     if weights_read:  # a missing or unreadable file is already one problem; "no tensors" would repeat it
@@ -212,7 +223,9 @@ def load_adapter(path: Path | str, device: str = "cpu") -> Adapter:
     if (path / "t2l_adapter.json").is_file():
         try:
             meta = json.loads((path / "t2l_adapter.json").read_text(encoding="utf-8"))
-        except ValueError:
+        except (ValueError, RecursionError, OSError):
+            meta = {}
+        if not isinstance(meta, dict):
             meta = {}
     return Adapter(config, tensors, meta)
 
@@ -240,8 +253,9 @@ def _check_tensors(tensors: dict[str, torch.Tensor], r: int | None) -> list[str]
             problems.append(f"{prefix}: rank mismatch lora_A {tuple(a.shape)} vs lora_B {tuple(b.shape)}")
         elif r is not None and a.shape[0] != r:
             problems.append(f"{prefix}: rank {a.shape[0]} differs from r={r} in the config")
-        if not a.is_floating_point() or not b.is_floating_point():
-            problems.append(f"{prefix}: tensors must be floating point, got {a.dtype}/{b.dtype}")
+        if a.dtype not in _DTYPES or b.dtype not in _DTYPES:
+            names = "/".join(str(t.dtype).replace("torch.", "") for t in (a, b))
+            problems.append(f"{prefix}: tensors must be float32, float16, bfloat16 or float64, got {names}")
         elif not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             problems.append(f"{prefix}: contains NaN or Inf")
     return problems

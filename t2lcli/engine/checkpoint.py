@@ -7,6 +7,7 @@ Loading is strict and shape-checked; every problem is reported at once. Saving i
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from t2lcli.engine.atomic import atomic_dir
 from t2lcli.engine.base_model import ModelShape
 from t2lcli.engine.encoder import EncoderSpec
 from t2lcli.engine.hypernet import HyperLoRA, HyperNetConfig
-from t2lcli.errors import CheckpointError, format_problems
+from t2lcli.errors import CheckpointError, ConfigError, format_problems, show_value
 
 FORMAT = "t2l-checkpoint"
 FORMAT_VERSION = 1
@@ -169,21 +170,27 @@ def _load_native(path: Path) -> T2LCheckpoint:
 
     try:
         meta = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError, OSError) as exc:
+    except (ValueError, UnicodeDecodeError, OSError, RecursionError) as exc:
         raise CheckpointError(f"{path / CONFIG_NAME} is not valid JSON: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path / CONFIG_NAME} is not a t2l checkpoint config (format != {FORMAT})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path / CONFIG_NAME}: format_version must be an integer, got {show_value(version)}")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint format version {meta.get('format_version')} is newer than this t2l supports ({FORMAT_VERSION})",
+            f"checkpoint format version {version} is newer than this t2l supports ({FORMAT_VERSION})",
             hint="upgrade t2l",
         )
     try:
         cfg = HyperNetConfig.from_dict(meta["hypernet"])
-        enc = EncoderSpec.from_dict(meta["encoder"])
+        enc = _encoder_spec(meta["encoder"])
         shape = ModelShape.from_dict(meta["model_shape"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path / CONFIG_NAME} is incomplete or invalid: {exc}") from None
+        problems = _shape_problems(shape, cfg)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path / CONFIG_NAME} is incomplete or invalid: {' '.join(str(exc).split())[:300]}") from None
+    if problems:
+        raise CheckpointError(format_problems(f"{path / CONFIG_NAME} is inconsistent", problems[:10]))
     wpath = path / WEIGHTS_NAME
     if not wpath.is_file():
         raise CheckpointError(f"missing {wpath}")
@@ -197,6 +204,40 @@ def _load_native(path: Path) -> T2LCheckpoint:
     )
 
 
+_PATH_TEMPLATE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*\.\{l\}(\.[A-Za-z0-9_]+)+$")
+
+
+def _encoder_spec(data: Any) -> EncoderSpec:
+    """The checkpoint's encoder section, type-checked (it comes from a file)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"encoder: expected a mapping, got {type(data).__name__}")
+    spec = EncoderSpec.from_dict(data)
+    for name, default in EncoderSpec().to_dict().items():
+        value = getattr(spec, name)
+        if type(value) is not type(default):
+            raise ValueError(f"encoder.{name} must be {type(default).__name__}, got {show_value(value)}")
+    if spec.dim < 1 or spec.max_length < 1:
+        raise ValueError("encoder.dim and encoder.max_length must be positive")
+    if spec.pooling not in ("mean", "cls", "last") or spec.normalize not in ("l2_sqrt_dim", "l2", "none"):
+        raise ValueError(f"encoder pooling/normalize unknown: {show_value(spec.pooling)}/{show_value(spec.normalize)}")
+    return spec
+
+
+def _shape_problems(shape: ModelShape, cfg: HyperNetConfig) -> list[str]:
+    """The model shape must describe exactly the config's modules, with PEFT path templates `a.b.{l}.c.d`."""
+    problems = []
+    if shape.n_layers != cfg.n_layers:
+        problems.append(f"model_shape has {shape.n_layers} layers, the hypernet {cfg.n_layers}")
+    if sorted(shape.modules) != sorted(cfg.target_modules):
+        problems.append(f"model_shape modules {sorted(shape.modules)} differ from target_modules {sorted(cfg.target_modules)}")
+    for name, mod in shape.modules.items():
+        if not isinstance(mod.path, str) or not _PATH_TEMPLATE.match(mod.path):
+            problems.append(f"model_shape.modules.{name}.path {show_value(mod.path)} is not a module path such as model.layers.{{l}}.self_attn.q_proj")
+        elif name in cfg.module_dims and [mod.d_in, mod.d_out] != cfg.module_dims[name]:
+            problems.append(f"model_shape.modules.{name} is [{mod.d_in}, {mod.d_out}], the hypernet {cfg.module_dims[name]}")
+    return problems
+
+
 def state_problems(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
     """Every missing/unexpected key, shape mismatch and non-finite tensor (nothing is loaded)."""
     problems = [f"missing key {k}" for k in expected if k not in state]
@@ -206,14 +247,19 @@ def state_problems(expected: dict[str, torch.Tensor], state: dict[str, torch.Ten
         for k, v in expected.items()
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
+    problems += [f"{k}: dtype {str(v.dtype).replace('torch.', '')} is not a floating-point type"
+                 for k, v in state.items() if k in expected and not v.is_floating_point()]
     problems += [f"{k}: contains NaN or Inf" for k, v in state.items() if v.is_floating_point() and not _all_finite(v)]
     return problems
 
 
 def _all_finite(t: torch.Tensor) -> bool:
     """NaN/Inf propagate into the sum, which is ~10x faster than isfinite().all() on large tensors; an overflowing sum
-    of finite values falls back to the exact check."""
-    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+    of finite values falls back to the exact check. Types without these kernels (float8) are checked as float32."""
+    try:
+        return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+    except (RuntimeError, NotImplementedError):
+        return bool(torch.isfinite(t.float()).all())
 
 
 def _raise_problems(where: str, problems: list[str]) -> None:
@@ -293,16 +339,19 @@ def build_checkpoint(
 ) -> T2LCheckpoint:
     """A freshly initialised (bias-HyperInit) hypernetwork for a base model's shapes."""
     torch.manual_seed(seed)
-    cfg = HyperNetConfig(
-        variant=variant,
-        emb_dim=encoder.dim,
-        latent=latent,
-        head_in=head_in,
-        n_layers=shape.n_layers,
-        target_modules=list(shape.modules),
-        module_dims={m: [s.d_in, s.d_out] for m, s in shape.modules.items()},
-        r=r,
-        lora_alpha=lora_alpha,
-        **kwargs,
-    )
+    try:
+        cfg = HyperNetConfig(
+            variant=variant,
+            emb_dim=encoder.dim,
+            latent=latent,
+            head_in=head_in,
+            n_layers=shape.n_layers,
+            target_modules=list(shape.modules),
+            module_dims={m: [s.d_in, s.d_out] for m, s in shape.modules.items()},
+            r=r,
+            lora_alpha=lora_alpha,
+            **kwargs,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"invalid hypernetwork settings: {exc}", hint="check the recipe's hypernet section") from None
     return T2LCheckpoint(HyperLoRA(cfg), encoder, base_model, shape)

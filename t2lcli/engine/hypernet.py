@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 VARIANTS = ("L", "M", "S")
+MAX_SIZE = 1 << 20  # any single size (a sanity bound on configs read from files; real ones are <= 65536)
 
 
 @dataclass
@@ -46,13 +47,14 @@ class HyperNetConfig:
     recon_stats: bool = False  # mean/std of reconstruction targets are stored
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-        if self.latent % 4:
-            raise ValueError("latent must be divisible by 4")
-        missing = [m for m in self.target_modules if m not in self.module_dims]
-        if missing:
-            raise ValueError(f"module_dims lacks {missing}")
+        """Validate every field (a config may come from an untrusted checkpoint file).
+
+        Raises:
+            ValueError: all problems, joined in one message.
+        """
+        problems = _config_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         self.module_dims = {m: [int(v[0]), int(v[1])] for m, v in self.module_dims.items()}
 
     @property
@@ -73,11 +75,57 @@ class HyperNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HyperNetConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a mapping, got {type(data).__name__}")
         known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
             raise ValueError(f"unknown hypernet config keys: {', '.join(unknown)}")
         return cls(**data)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _config_problems(c: HyperNetConfig) -> list[str]:
+    problems: list[str] = []
+    if c.variant not in VARIANTS:
+        problems.append(f"variant must be one of {VARIANTS}, got {c.variant!r}"[:200])
+    for name in ("emb_dim", "latent", "head_in", "n_layers", "r"):
+        v = getattr(c, name)
+        if not _is_int(v) or not 1 <= v <= MAX_SIZE:
+            problems.append(f"{name} must be an integer from 1 to {MAX_SIZE}, got {v!r}"[:200])
+    if _is_int(c.latent) and c.latent % 4:
+        problems.append("latent must be divisible by 4")
+    tm = c.target_modules
+    if not isinstance(tm, list) or not tm or not all(isinstance(m, str) and m for m in tm) or len(set(tm)) != len(tm):
+        problems.append("target_modules must be a non-empty list of distinct names")
+    elif not isinstance(c.module_dims, dict):
+        problems.append("module_dims must map each target module to [d_in, d_out]")
+    else:
+        missing = [m for m in tm if m not in c.module_dims]
+        if missing:
+            problems.append(f"module_dims lacks {missing}"[:200])
+        for m, v in c.module_dims.items():
+            if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(x) and 1 <= x <= MAX_SIZE for x in v)):
+                problems.append(f"module_dims[{m!r}] must be two positive integers [d_in, d_out], got {v!r}"[:200])
+    if not _is_real(c.lora_alpha):
+        problems.append(f"lora_alpha must be a finite number, got {c.lora_alpha!r}"[:200])
+    if not _is_real(c.delta_w_scaling) or c.delta_w_scaling <= 0:
+        problems.append(f"delta_w_scaling must be a positive number, got {c.delta_w_scaling!r}"[:200])
+    if not _is_real(c.dropout) or not 0 <= c.dropout <= 1:
+        problems.append(f"dropout must be in [0, 1], got {c.dropout!r}"[:200])
+    for name in ("use_rslora", "head_bias", "learnable_pos_emb", "pred_z_score", "factorized", "ab_offset", "recon_stats"):
+        if not isinstance(getattr(c, name), bool):
+            problems.append(f"{name} must be true or false, got {getattr(c, name)!r}"[:200])
+    if c.training_task not in ("sft", "recon"):
+        problems.append(f"training_task must be sft or recon, got {c.training_task!r}"[:200])
+    return problems
 
 
 class _Residual(nn.Module):
