@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from t2lcli import console
-from t2lcli.errors import InputError
+from t2lcli.errors import InputError, show_value
 from t2lcli.options import BaseModelOpt, CheckpointOpt, ForceOpt, JsonOpt, ProfileOpt, SetOpt, TrustRemoteCodeOpt
 
 EXAMPLES = """[b]Examples[/b]
@@ -83,9 +83,9 @@ def _parse_limits(items: list[str]) -> tuple[int | None, dict[str, int]]:
         try:
             n = int(value.strip())
         except ValueError:
-            raise InputError(f"--limit expects N or TASK=N, got '{item}'") from None
+            raise InputError(f"--limit expects N or TASK=N, got {show_value(item)}") from None
         if n < 1:
-            raise InputError(f"--limit must be a positive number of documents, got '{item}'")
+            raise InputError(f"--limit must be a positive number of documents, got {show_value(item)}")
         if sep:
             per_task[key.strip().lower()] = n
         else:

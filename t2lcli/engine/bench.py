@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from t2lcli import __version__, console
-from t2lcli.errors import InputError, T2LError
+from t2lcli.errors import InputError, T2LError, show_value
 from t2lcli.hardware import Profile
 
 SCHEMA = "t2l-bench/1"
@@ -481,9 +481,9 @@ def parse_batch(text: str) -> list[int]:
     try:
         sizes = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise InputError(f"--batch must be comma-separated integers, got '{text}'", hint="e.g. --batch 1,8,64") from None
+        raise InputError(f"--batch must be comma-separated integers, got {show_value(text)}", hint="e.g. --batch 1,8,64") from None
     if not sizes or any(s < 1 for s in sizes):
-        raise InputError(f"--batch sizes must be positive, got '{text}'")
+        raise InputError(f"--batch sizes must be positive, got {show_value(text)}")
     return sizes
 
 

@@ -33,7 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from t2lcli.errors import DataError, InputError
+from t2lcli.errors import DataError, InputError, show_key
 
 SNI_SUFFIX = " Please complete the task without any explanation."
 SNI_HELDOUT_FROM = 0.9  # evaluate SNI tasks on instances[int(0.9 * n):]
@@ -608,7 +608,8 @@ def parse_task_names(raw: str | list[str]) -> list[str]:
             continue
         out += [x for x in expanded if x not in out]
     if unknown:
-        raise InputError(f"unknown task{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}", hint=f"valid: {', '.join(valid_names())}")
+        shown = ", ".join(show_key(u) for u in unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
+        raise InputError(f"unknown task{'s' if len(unknown) > 1 else ''}: {shown}", hint=f"valid: {', '.join(valid_names())}")
     return out
 
 

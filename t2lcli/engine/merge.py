@@ -44,7 +44,7 @@ from t2lcli import __version__
 from t2lcli import models as registry
 from t2lcli.engine.adapters import CONFIG_NAME, WEIGHTS_NAME, Adapter, load_adapter, model_card, peft_config, tensors_sha256
 from t2lcli.engine.atomic import atomic_dir, check_output_free
-from t2lcli.errors import InputError, ShapeMismatchError, T2LError
+from t2lcli.errors import InputError, ShapeMismatchError, T2LError, show_value
 
 if TYPE_CHECKING:
     from t2lcli.hardware import Profile
@@ -97,9 +97,9 @@ def parse_weights(text: str | None, n: int, what: str) -> list[float]:
         try:
             v = float(p)
         except ValueError:
-            raise InputError(f"--weights: '{p}' is not a number", hint="give comma-separated numbers, e.g. --weights 0.7,0.3") from None
+            raise InputError(f"--weights: {show_value(p)} is not a number", hint="give comma-separated numbers, e.g. --weights 0.7,0.3") from None
         if not math.isfinite(v):
-            raise InputError(f"--weights: {p} is not a finite number")
+            raise InputError(f"--weights: {show_value(p)} is not a finite number")
         vals.append(v)
     if len(vals) != n:
         raise InputError(f"--weights has {len(vals)} value(s) but there are {n} {what}", hint=f"give exactly {n} comma-separated weights")
@@ -110,13 +110,16 @@ def parse_size(text: str) -> int:
     """'2GB', '500MB', '10KB' or a plain byte count -> bytes."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)?\s*", text.upper())
     if not m:
-        raise InputError(f"--max-shard-size: cannot read '{text}'", hint="e.g. 2GB, 500MB")
+        raise InputError(f"--max-shard-size: cannot read {show_value(text)}", hint="e.g. 2GB, 500MB")
     mult = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12,
             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
     unit = m.group(2) or ""
     if unit not in mult:
-        raise InputError(f"--max-shard-size: unknown unit in '{text}'", hint="use B, KB, MB, GB (or KiB, MiB, GiB)")
-    size = int(float(m.group(1)) * mult[unit])
+        raise InputError(f"--max-shard-size: unknown unit in {show_value(text)}", hint="use B, KB, MB, GB (or KiB, MiB, GiB)")
+    value = float(m.group(1)) * mult[unit]
+    if not math.isfinite(value) or value >= 2**63:
+        raise InputError(f"--max-shard-size: {show_value(text)} is too large", hint="e.g. 2GB, 500MB")
+    size = int(value)
     if size <= 0:
         raise InputError("--max-shard-size must be positive")
     return size
