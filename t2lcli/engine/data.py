@@ -68,8 +68,6 @@ def sni_task_file(sni_dir: Path, name: str) -> Path:
 
 def load_sni_task(sni_dir: Path, name: str, desc_dir: Path | None, max_instances: int | None = None, min_descriptions: int = 1) -> Task:
     """One SNI task with its descriptions (T2L metadata.yaml when present, else the SNI definition)."""
-    import yaml
-
     meta_path = sni_dir / f"{name}.meta.json"
     if not meta_path.is_file():
         raise DataError(f"missing {meta_path}")
@@ -82,7 +80,8 @@ def load_sni_task(sni_dir: Path, name: str, desc_dir: Path | None, max_instances
     descriptions: list[str] = []
     lol = meta.get("t2l_task_id")
     if desc_dir is not None and lol and (desc_dir / lol / "metadata.yaml").is_file():
-        descriptions = list(yaml.safe_load((desc_dir / lol / "metadata.yaml").read_text(encoding="utf-8")).get("descriptions") or [])
+        doc = _yaml_file(desc_dir / lol / "metadata.yaml")
+        descriptions = [d for d in (doc.get("descriptions") or []) if isinstance(d, str)] if isinstance(doc, dict) else []
     if not descriptions and definition:
         descriptions = [definition]
     if len(descriptions) < min_descriptions:
@@ -92,15 +91,23 @@ def load_sni_task(sni_dir: Path, name: str, desc_dir: Path | None, max_instances
     return Task(name, definition, descriptions, instances, list(meta.get("Categories") or []))
 
 
+def _yaml_file(path: Path) -> Any:
+    """A data YAML file through the bounded loader (no alias bombs, no tags): DataError with one line otherwise."""
+    from t2lcli.safe_yaml import YamlError, load_yaml
+
+    try:
+        return load_yaml(path.read_text(encoding="utf-8"), max_nodes=5_000_000, max_bytes=256_000_000)
+    except (YamlError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not valid YAML: {(str(exc).splitlines() or ['unreadable'])[0]}") from None
+
+
 def load_user_tasks(jsonl: Path, descriptions: Path) -> list[Task]:
     """The plain format: `{task, input, output}` lines + a YAML/JSON mapping task -> [descriptions]."""
-    import yaml
-
     if not jsonl.is_file():
         raise DataError(f"data file not found: {jsonl}")
     if not descriptions.is_file():
         raise DataError(f"descriptions file not found: {descriptions}")
-    descs = yaml.safe_load(descriptions.read_text(encoding="utf-8"))
+    descs = _yaml_file(descriptions)
     if not isinstance(descs, dict):
         raise DataError(f"{descriptions} must map each task name to a list of descriptions")
     by_task: dict[str, list[dict[str, Any]]] = {}
