@@ -661,7 +661,7 @@ def run_recon(recipe: Recipe, output: Path, force: bool = False, max_steps: int 
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), tr.grad_clip or float("inf"))
             opt.step()
-            last = float(loss)
+            last = float(loss.detach())
             if not math.isfinite(last):
                 raise T2LError(f"reconstruction loss became NaN at step {step}", hint="lower train.lr")
             if step % recipe.log.every == 0 or step == 1 or step == steps:
