@@ -11,6 +11,7 @@ RNG) is written atomically; `resume=True` continues exactly. Runs under torchrun
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from t2lcli import console
-from t2lcli.engine.atomic import atomic_dir, atomic_write_bytes
+from t2lcli.engine.atomic import TMP_MARK, atomic_dir, atomic_write_bytes
 from t2lcli.engine.data import HierarchicalSampler, Task, answer_of, build_prompt, load_sni_task, load_user_tasks
 from t2lcli.errors import DataError, T2LError
 from t2lcli.recipe import Recipe
@@ -267,9 +268,9 @@ class Trainer:
         if self.recipe.mode == "lora" or self.rank != 0 or not self.emb_cache:
             return
         texts = list(self.emb_cache)
-        tmp = self.output / "embeddings.pt.tmp"
-        torch.save({"encoder": self.enc_spec.model, "texts": texts, "emb": torch.stack([self.emb_cache[x] for x in texts])}, tmp)
-        os.replace(tmp, self.output / "embeddings.pt")
+        buf = io.BytesIO()
+        torch.save({"encoder": self.enc_spec.model, "texts": texts, "emb": torch.stack([self.emb_cache[x] for x in texts])}, buf)
+        atomic_write_bytes(self.output / "embeddings.pt", buf.getvalue())
 
     # -------------------------------------------------------------- forward
 
@@ -481,8 +482,8 @@ def _recipe_fingerprint(recipe: Recipe) -> str:
 def check_output(output: Path, recipe: Recipe, resume: bool, force: bool) -> bool:
     """Decide what to do with an existing output folder. Returns True when a run is to be resumed."""
     run = output / RUN_NAME
-    if not output.exists() or not any(output.iterdir()):
-        return False
+    if not output.exists() or not any(p for p in output.iterdir() if not p.name.startswith(TMP_MARK)):
+        return False  # empty, or only the temporaries of a run killed before it wrote run.json
     if not run.is_file():
         if force:
             shutil.rmtree(output)
