@@ -139,29 +139,38 @@ def atomic_dir(target: Path | str, force: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_tree(tmp)
-        if target.exists():
-            if not force:
-                raise OutputExistsError(
-                    f"output appeared while writing: {target} (another process wrote it first)",
-                    hint="pass --force to replace it",
-                )
-            old = parent / f"{TMP_MARK}old-{target.name[:100]}-{os.getpid()}-{secrets.token_hex(4)}"
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                # lost a race: someone created target between the check and the rename
-                raise OutputExistsError(
-                    f"output appeared while writing: {target} (another process wrote it first)",
-                    hint="pass --force to replace it",
-                ) from None
+        _move_into_place(tmp, target, force)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         _release(held)
+
+
+def _move_into_place(tmp: Path, target: Path, force: bool) -> None:
+    """rename(tmp, target); with `force`, an existing target (even one another process renamed into place a moment
+    ago) is swapped out first and then removed."""
+    appeared = OutputExistsError(
+        f"output appeared while writing: {target} (another process wrote it first)", hint="pass --force to replace it"
+    )
+    for _ in range(5):
+        if target.exists():
+            if not force:
+                raise appeared
+            old = target.parent / f"{TMP_MARK}old-{target.name[:100]}-{os.getpid()}-{secrets.token_hex(4)}"
+            try:
+                os.rename(target, old)
+            except FileNotFoundError:  # another process swapped it out first: try again
+                continue
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        try:
+            os.rename(tmp, target)
+            return
+        except OSError:
+            if not force:  # lost a race: someone created target between the check and the rename
+                raise appeared from None
+    raise appeared
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
