@@ -151,9 +151,12 @@ def _lines(fh: IO[bytes]) -> Iterator[bytes | None]:
         line = fh.readline(MAX_LINE_BYTES + 1)
         if not line:
             return
-        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-            while line and not line.endswith(b"\n"):
-                line = fh.readline(MAX_LINE_BYTES)
-            yield None
+        if len(line) <= MAX_LINE_BYTES or line.endswith(b"\n"):
+            yield line
             continue
-        yield line
+        del line
+        while True:  # the rest of the over-long line, 64 KiB at a time
+            piece = fh.readline(1 << 16)
+            if not piece or piece.endswith(b"\n"):
+                break
+        yield None

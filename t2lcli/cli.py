@@ -68,6 +68,7 @@ def _known_message(exc: BaseException) -> tuple[str, str | None] | None:
 
     if isinstance(exc, T2LError):
         return exc.message, exc.hint
+    exc = _as_os_error(exc)
     if isinstance(exc, FileNotFoundError):
         return f"file not found: {exc.filename or exc}", "check the path"
     if isinstance(exc, PermissionError):
@@ -86,6 +87,20 @@ def _known_message(exc: BaseException) -> tuple[str, str | None] | None:
     if isinstance(exc, MemoryError):
         return "out of memory", "use smaller batches or a smaller model"
     return None
+
+
+def _as_os_error(exc: BaseException) -> BaseException:
+    """safetensors reports a failed write (a full disk) as `SafetensorError: ... I/O error: ... (os error 28)`: the OSError
+    it stands for, so that it gets the same one-line message."""
+    import re
+
+    if type(exc).__name__ != "SafetensorError":
+        return exc
+    m = re.search(r"\(os error (\d+)\)", str(exc))
+    if not m:
+        return exc
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code))
 
 
 def main() -> None:
