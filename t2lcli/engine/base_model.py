@@ -366,10 +366,10 @@ def _convert_gguf(src: Path, out: Path, hint: str) -> None:
     with progress(transient=True) as bar, quiet_transformers():
         task = bar.add_task("read GGUF tokenizer", total=3)
         try:
-            tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+            tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name, trust_remote_code=False)
             bar.update(task, advance=1, description="read GGUF model")
             with _track_gguf_tensors(bar, task):
-                gg = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+                gg = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32, trust_remote_code=False)
         except Exception as exc:
             raise unreadable(exc) from None
         cfg = copy.deepcopy(gg.config)
@@ -468,8 +468,10 @@ def load_base_model(spec: str | None, settings: ComponentSettings | None = None)
 
     try:
         with quiet_transformers():
-            tok = AutoTokenizer.from_pretrained(str(path))
-            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+            # never the repository's own Python: explicit False also stops transformers from asking on stdin ("run the
+            # custom code? [y/N]"), where a piped "y" would have run it
+            tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False, **kwargs)
     except torch.OutOfMemoryError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:

@@ -132,7 +132,7 @@ def _load_transformers(path: Path, spec: EncoderSpec, dtype: torch.dtype) -> tup
 
     hf_logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=spec.trust_remote_code)
         model = AutoModel.from_pretrained(str(path), dtype=dtype, trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"cannot load encoder from {path}: {str(exc).splitlines()[0]}") from None

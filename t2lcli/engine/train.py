@@ -260,8 +260,12 @@ class Trainer:
         cache = self.output / "embeddings.pt"
         if self.recipe.mode == "lora" or not cache.is_file():
             return
-        saved = torch.load(cache, weights_only=True)
-        if saved.get("encoder") == self.enc_spec.model:
+        try:
+            saved = _load_pt(cache)
+        except T2LError as exc:
+            console.warn(f"{exc.message}; the embeddings are computed again")
+            return
+        if isinstance(saved, dict) and saved.get("encoder") == self.enc_spec.model:
             self.emb_cache.update(dict(zip(saved["texts"], saved["emb"], strict=True)))
 
     def save_embedding_cache(self) -> None:
@@ -449,15 +453,39 @@ class Trainer:
         latest = self.output / "latest"
         if not latest.is_file():
             return 0.0
-        ckdir = self.output / "checkpoints" / latest.read_text().strip()
-        state = torch.load(ckdir / STATE_NAME, weights_only=True)
-        self.net.load_state_dict(torch.load(ckdir / "net.pt", weights_only=True))
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        self.sampler.set_state(_rng_from_list(state["sampler_rng"]))
-        self.step = int(state["step"])
-        return float(state.get("seconds", 0.0))
+        name = latest.read_text(encoding="utf-8", errors="replace").strip()
+        if not name.startswith("step-") or not name[5:].isdigit():
+            raise T2LError(f"{latest} does not name a checkpoint (step-NNNNNNN)", hint="start over with --force")
+        ckdir = self.output / "checkpoints" / name
+        try:
+            state = _load_pt(ckdir / STATE_NAME)
+            self.net.load_state_dict(_load_pt(ckdir / "net.pt"))
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            self.sampler.set_state(_rng_from_list(state["sampler_rng"]))
+            self.step = int(state["step"])
+            return float(state.get("seconds", 0.0))
+        except T2LError:
+            raise
+        except Exception as exc:  # a damaged or foreign trainer state: keys, shapes, types
+            raise T2LError(f"cannot resume from {ckdir}: {(str(exc).splitlines() or [type(exc).__name__])[0][:200]}",
+                           hint="start over with --force") from None
+
+
+def _load_pt(path: Path) -> Any:
+    """A file this trainer wrote, read back with `torch.load(weights_only=True)`: a pickle that would run code is
+    refused; damage is one T2LError."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:
+        raise T2LError(f"{path} was refused: it references objects other than tensors and plain data, which could run code",
+                       hint="nothing from it was executed; start over with --force") from None
+    except Exception as exc:
+        raise T2LError(f"{path} is damaged or truncated: {(str(exc).splitlines() or [type(exc).__name__])[0][:200]}",
+                       hint="start over with --force") from None
 
 
 def _rng_to_list(state: Any) -> list[Any]:
@@ -489,12 +517,17 @@ def check_output(output: Path, recipe: Recipe, resume: bool, force: bool) -> boo
             shutil.rmtree(output)
             return False
         raise T2LError(f"{output} exists and is not a t2l training run", hint="choose another --output or pass --force")
-    info = json.loads(run.read_text())
+    try:
+        info = json.loads(run.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        info = None
     if force:
         shutil.rmtree(output)
         return False
     if not resume:
         raise T2LError(f"{output} already holds a training run", hint="pass --resume to continue it or --force to start over")
+    if not isinstance(info, dict):
+        raise T2LError(f"{run} is damaged; this run cannot be resumed", hint="start over with --force")
     if info.get("fingerprint") != _recipe_fingerprint(recipe):
         raise T2LError(f"{output} holds a run of a different recipe", hint="use the same recipe (steps/time budget may change) or --force")
     return True
