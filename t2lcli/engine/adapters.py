@@ -249,6 +249,9 @@ def _check_tensors(tensors: dict[str, torch.Tensor], r: int | None) -> list[str]
         if a.dim() != 2 or b.dim() != 2:
             problems.append(f"{prefix}: lora_A/lora_B must be 2-D, got {tuple(a.shape)} / {tuple(b.shape)}")
             continue
+        if 0 in a.shape or 0 in b.shape:
+            problems.append(f"{prefix}: empty tensor lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)}")
+            continue
         if a.shape[0] != b.shape[1]:
             problems.append(f"{prefix}: rank mismatch lora_A {tuple(a.shape)} vs lora_B {tuple(b.shape)}")
         elif r is not None and a.shape[0] != r:

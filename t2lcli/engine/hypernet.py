@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from t2lcli.errors import show_value
+
 VARIANTS = ("L", "M", "S")
 MAX_SIZE = 1 << 20  # any single size (a sanity bound on configs read from files; real ones are <= 65536)
 
@@ -95,11 +97,11 @@ def _is_real(v: Any) -> bool:
 def _config_problems(c: HyperNetConfig) -> list[str]:
     problems: list[str] = []
     if c.variant not in VARIANTS:
-        problems.append(f"variant must be one of {VARIANTS}, got {c.variant!r}"[:200])
+        problems.append(f"variant must be one of {VARIANTS}, got {show_value(c.variant)}")
     for name in ("emb_dim", "latent", "head_in", "n_layers", "r"):
         v = getattr(c, name)
         if not _is_int(v) or not 1 <= v <= MAX_SIZE:
-            problems.append(f"{name} must be an integer from 1 to {MAX_SIZE}, got {v!r}"[:200])
+            problems.append(f"{name} must be an integer from 1 to {MAX_SIZE}, got {show_value(v)}")
     if _is_int(c.latent) and c.latent % 4:
         problems.append("latent must be divisible by 4")
     tm = c.target_modules
@@ -110,21 +112,21 @@ def _config_problems(c: HyperNetConfig) -> list[str]:
     else:
         missing = [m for m in tm if m not in c.module_dims]
         if missing:
-            problems.append(f"module_dims lacks {missing}"[:200])
+            problems.append(f"module_dims lacks {show_value(missing)}")
         for m, v in c.module_dims.items():
             if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(x) and 1 <= x <= MAX_SIZE for x in v)):
-                problems.append(f"module_dims[{m!r}] must be two positive integers [d_in, d_out], got {v!r}"[:200])
+                problems.append(f"module_dims[{show_value(m)}] must be two positive integers [d_in, d_out], got {show_value(v)}")
     if not _is_real(c.lora_alpha):
-        problems.append(f"lora_alpha must be a finite number, got {c.lora_alpha!r}"[:200])
+        problems.append(f"lora_alpha must be a finite number, got {show_value(c.lora_alpha)}")
     if not _is_real(c.delta_w_scaling) or c.delta_w_scaling <= 0:
-        problems.append(f"delta_w_scaling must be a positive number, got {c.delta_w_scaling!r}"[:200])
+        problems.append(f"delta_w_scaling must be a positive number, got {show_value(c.delta_w_scaling)}")
     if not _is_real(c.dropout) or not 0 <= c.dropout <= 1:
-        problems.append(f"dropout must be in [0, 1], got {c.dropout!r}"[:200])
+        problems.append(f"dropout must be in [0, 1], got {show_value(c.dropout)}")
     for name in ("use_rslora", "head_bias", "learnable_pos_emb", "pred_z_score", "factorized", "ab_offset", "recon_stats"):
         if not isinstance(getattr(c, name), bool):
-            problems.append(f"{name} must be true or false, got {getattr(c, name)!r}"[:200])
+            problems.append(f"{name} must be true or false, got {show_value(getattr(c, name))}")
     if c.training_task not in ("sft", "recon"):
-        problems.append(f"training_task must be sft or recon, got {c.training_task!r}"[:200])
+        problems.append(f"training_task must be sft or recon, got {show_value(c.training_task)}")
     return problems
 
 

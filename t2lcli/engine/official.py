@@ -125,7 +125,7 @@ def _check_args(args: dict[str, Any]) -> None:
     enc_type = args.get("encoder_type", "linear") or "linear"
     if enc_type in UNSUPPORTED_ENCODERS or enc_type != "linear":
         raise CheckpointError(
-            f"args.yaml encoder_type '{enc_type}' is not supported: t2l runs the 'linear' task encoder only",
+            f"args.yaml encoder_type {show_value(enc_type)} is not supported: t2l runs the 'linear' task encoder only",
             hint="the released SakanaAI checkpoints use encoder_type: linear",
         )
     if args.get("use_one_hot_task_emb"):
@@ -142,12 +142,12 @@ def _check_args(args: dict[str, Any]) -> None:
             "(e.g. Alibaba-NLP/gte-large-en-v1.5)",
         )
     if not isinstance(emb, str):
-        raise CheckpointError(f"args.yaml emb_model must be a model name, got {emb!r}")
+        raise CheckpointError(f"args.yaml emb_model must be a model name, got {show_value(emb)}")
     if args.get("shared_AB_head") is False and args.get("autoreg_gen") is True:
         raise CheckpointError("args.yaml autoreg_gen without shared_AB_head is not supported (variants L, M and S only)")
     task = str(args.get("training_task", "sft") or "sft")
     if task not in ("sft", "recon"):
-        raise CheckpointError(f"args.yaml training_task '{task}' is unknown (sft or recon)")
+        raise CheckpointError(f"args.yaml training_task {show_value(task)} is unknown (sft or recon)")
     if task == "recon" and args.get("pred_z_score") and not args.get("factorized", False):
         raise CheckpointError(
             "reconstruction checkpoint with pred_z_score: true and factorized: false: its outputs cannot be converted "
@@ -167,7 +167,7 @@ def encoder_spec_from_args(emb_model: str, dim: int) -> EncoderSpec:
         spec = encoder_spec_for(emb_model)
     else:
         raise CheckpointError(
-            f"args.yaml emb_model '{emb_model}' is not an encoder the reference supports (gte or SFR models)",
+            f"args.yaml emb_model {show_value(emb_model)} is not an encoder the reference supports (gte or SFR models)",
             hint="the released checkpoints use Alibaba-NLP/gte-large-en-v1.5",
         )
     spec.dim = dim
@@ -196,7 +196,7 @@ def config_from_official(folder: Path) -> tuple[HyperNetConfig, dict[str, Any], 
             hint="a regex string or a set cannot give the module order",
         )
     if str(adapter.get("peft_type", "LORA")).upper() != "LORA":
-        raise CheckpointError(f"adapter_config.json peft_type is {adapter.get('peft_type')}, expected LORA")
+        raise CheckpointError(f"adapter_config.json peft_type is {show_value(adapter.get('peft_type'))}, expected LORA")
     sd = read_state_dict(folder / "hypermod.pt")
     where = folder / "hypermod.pt"
 
@@ -232,7 +232,7 @@ def config_from_official(folder: Path) -> tuple[HyperNetConfig, dict[str, Any], 
         raise CheckpointError(f"{where}: AB_offset tensors disagree on the rank ({sorted(ranks)})")
     r = ranks.pop()
     if not isinstance(r_cfg, int) or r_cfg != r:
-        problems.append(f"adapter_config.json r={r_cfg!r} but the weights have rank {r}")
+        problems.append(f"adapter_config.json r={show_value(r_cfg)} but the weights have rank {r}")
     emb_dim = int(sd["task_encoder.mlp.0.weight"].shape[1])
     latent = int(sd["mixer.1.weight"].shape[1])
     head_in = int(sd["mlp3.4.weight"].shape[0])
