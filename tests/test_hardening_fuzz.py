@@ -332,8 +332,20 @@ SET_KEYS = ["threads", "base.dtype", "hypernet.device", "encoder.batch_size", "b
 def set_items(draw) -> list[str]:
     items = []
     for _ in range(draw(st.integers(0, 5))):
-        if draw(st.booleans()):
+        kind = draw(st.sampled_from(["text", "typed", "typed", "fuzzed"]))
+        if kind == "text":
             items.append(draw(st.text(alphabet=ANY_CHAR, max_size=40)))
+            continue
+        if kind == "typed":  # a known key with a plausible (sometimes wrong) value
+            key, value = draw(st.sampled_from([
+                ("threads", st.integers(-2, 64)), ("memory_budget_gb", st.floats(-1, 1e3)), ("hypernet.batch_size", st.integers(-1, 512)),
+                ("base.dtype", st.sampled_from(["float32", "bfloat16", "float16", "auto", "float64", "fp8"])),
+                ("encoder.device", st.sampled_from(["cpu", "cuda", "cuda:1", "auto", "mps", "tpu", "cuda:"])),
+                ("base.quantization", st.sampled_from(["none", "8bit", "4bit", "2bit"])), ("base.offload", st.booleans()),
+                ("base.device_map", st.sampled_from(["auto", "null", "~", "balanced", "1"])),
+                ("train.steps", st.integers(-1, 10**6)), ("hypernet.latent", st.integers(0, 1024)), ("train.lr", st.floats(0, 1)),
+                ("mode", st.sampled_from(["sft", "recon", "lora", "x"])), ("hypernet.variant", st.sampled_from(["L", "M", "S", "XL"]))]))
+            items.append(f"{key}={draw(value)}")
             continue
         key = draw(st.one_of(st.sampled_from(SET_KEYS), st.text(max_size=10)))
         value = draw(st.one_of(st.sampled_from(YAML_TOKENS), st.text(max_size=20), yaml_docs(["x"]).map(lambda d: d.replace("\n", " ")),
@@ -759,7 +771,7 @@ class _Payload:
 def official_folder(tmp_path_factory) -> Path:
     from test_official import make_official
 
-    return make_official(tmp_path_factory.mktemp("fuzz_official") / "ck", emb_dim=16)
+    return make_official(tmp_path_factory.mktemp("fuzz_official") / "ck")
 
 
 @FUZZ
@@ -874,8 +886,38 @@ def test_fuzz_bench_and_eval_flags(text):
     TALLY.add("flag: eval --limit", expect_clean(_parse_limits, text.split(",")))
 
 
+@st.composite
+def embedding_blobs(draw) -> bytes:
+    """Well-formed .npy / safetensors files of random shapes and dtypes (objects included), or fuzzed bytes."""
+    import io
+
+    import numpy as np
+
+    kind = draw(st.sampled_from(["npy", "safetensors", "raw", "bytes"]))
+    shape = tuple(draw(st.lists(st.integers(0, 6), max_size=3)))
+    if kind == "npy":
+        dtype = draw(st.sampled_from(["float32", "float16", "float64", "int8", "bool", "complex64", "U3", "object"]))
+        arr = np.zeros(shape, dtype=dtype) if dtype != "object" else np.array([_Payload(print, "x")] * 2, dtype=object)
+        if dtype.startswith("float") and arr.size and draw(st.booleans()):
+            arr.flat[0] = draw(st.sampled_from([np.nan, np.inf, 1e30]))
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=True)
+        data = buf.getvalue()
+        return data[: draw(st.integers(0, len(data)))] if draw(st.integers(0, 4)) == 0 else data
+    if kind == "safetensors":
+        from safetensors.torch import save as st_save
+
+        n = draw(st.integers(1, 3))
+        names = draw(st.sampled_from([["embedding"], ["x"], ["embedding", "x"], ["a", "b"]]))[:n]
+        dt = draw(st.sampled_from(ST_DTYPES))
+        return st_save({k: torch.zeros(shape, dtype=dt) for k in names})
+    if kind == "raw":
+        return draw(raw_safetensors(["embedding", "x"]))
+    return draw(st.binary(max_size=200))
+
+
 @FUZZ_CHEAP
-@given(blob=st.one_of(st.binary(max_size=200), raw_safetensors(["embedding", "x"])), suffix=st.sampled_from([".safetensors", ".npy", ""]))
+@given(blob=embedding_blobs(), suffix=st.sampled_from([".safetensors", ".npy", ""]))
 def test_fuzz_embedding_file(jail, blob, suffix):
     from t2lcli.engine.generate import load_embeddings
 
