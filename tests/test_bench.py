@@ -124,7 +124,8 @@ def test_bench_tiny_checkpoint_report(tiny_report: tuple[dict, Path, str]) -> No
     cpu = report["cpu_time_ms"]
     assert cpu["warm"]["n"] == 4 and cpu["warm"]["p50"] > 0 and cpu["cold"] is None
     assert [t["batch"] for t in report["throughput"]] == [1, 3]
-    assert all(t["adapters_per_s"] == pytest.approx(t["batch"] / t["seconds"], rel=0.01) for t in report["throughput"])
+    # seconds are reported rounded to 0.1 ms: allow that rounding (half a unit) on top of 1 %
+    assert all(abs(t["adapters_per_s"] * t["seconds"] - t["batch"]) <= 0.01 * t["batch"] + t["adapters_per_s"] * 5e-5 for t in report["throughput"])
     assert report["memory"]["peak_rss_mb"] > 50 and report["memory"]["peak_vram_mb"] is None
     assert report["machine"]["torch"] and report["machine"]["cores"] >= 1
     prompt = report["baselines"]["prompt"]
