@@ -251,3 +251,23 @@ def test_engine_adapter_changes_real_smollm2_as_expected(tiny_encoder_dir, tmp_p
     err = (change - expected).abs().max() / expected.abs().max()
     print(f"SmolLM2 logits: max |peft - base| = {change.abs().max():.4f}, max |merge - base| = {expected.abs().max():.4f}, relative gap {err:.2e}")
     assert err < 1e-3, f"peft's change differs from the manual merge by {err:.2e} of its size"
+
+
+def test_non_string_base_model_is_a_format_error(tmp_path):
+    """Found by the fuzzer: a numeric base_model_name_or_path crashed `t2l merge` with an AttributeError."""
+    import json
+
+    import pytest
+    import torch
+    from safetensors.torch import save_file
+
+    from t2lcli.engine.adapters import load_adapter
+    from t2lcli.errors import AdapterFormatError
+
+    d = tmp_path / "a"
+    d.mkdir()
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "base_model_name_or_path": 10**19, "target_modules": ["q_proj"]}))
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.ones(2, 4),
+               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.ones(4, 2)}, str(d / "adapter_model.safetensors"))
+    with pytest.raises(AdapterFormatError, match="base_model_name_or_path"):
+        load_adapter(d)

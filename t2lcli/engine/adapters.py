@@ -210,6 +210,9 @@ def load_adapter(path: Path | str, device: str = "cpu") -> Adapter:
         alpha = config.get("lora_alpha", 1)
         if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
             problems.append(f"lora_alpha must be a number (finite), got {show_value(alpha)}")
+        base = config.get("base_model_name_or_path")
+        if base is not None and not isinstance(base, str):
+            problems.append(f"base_model_name_or_path must be a string, got {show_value(base)}")
         tm = config.get("target_modules")
         if tm is not None and not isinstance(tm, (list, str)):
             problems.append(f"target_modules must be a list of names, got {show_value(tm)}")
