@@ -228,7 +228,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(runner, cli_app, tiny_data, tr
     from t2lcli.engine import train as tr
 
     recipe = write_recipe(tmp_path / "r.yaml", tiny_data, train_base_dir, tiny_encoder_dir, **{"log.ckpt_every": 2, "log.val_every": 0})
-    orig = tr.sample_loss
+    orig = tr.answer_loss
     calls = {"n": 0}
 
     def poisoned(*a, **k):
@@ -236,7 +236,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(runner, cli_app, tiny_data, tr
         loss = orig(*a, **k)
         return loss * float("nan") if calls["n"] > 4 else loss
 
-    monkeypatch.setattr(tr, "sample_loss", poisoned)
+    monkeypatch.setattr(tr, "answer_loss", poisoned)
     out = tmp_path / "nan"
     res = runner.invoke(cli_app, ["train", str(recipe), "-o", str(out)])
     assert res.exit_code == 1 and "NaN" in res.output
@@ -273,3 +273,30 @@ def test_recon_distils_lora_library(runner, cli_app, tiny_data, train_base_dir, 
     got = load_adapter(tmp_path / "g").tensors
     errs = {n: sum(float((got[k] - t).abs().mean()) for k, t in load_adapter(lib / n).tensors.items()) for n in ("task001_reverse", "task002_first")}
     assert errs["task001_reverse"] < errs["task002_first"], errs
+
+
+def test_answer_loss_equals_full_logits_loss(train_base_dir):
+    """The answer-positions-only head projection gives the same loss and gradients as the full logits."""
+    from transformers import AutoModelForCausalLM
+
+    from t2lcli.engine.train import answer_loss, sample_loss
+
+    model = AutoModelForCausalLM.from_pretrained(train_base_dir).float()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (3, 11), generator=g)
+    mask = torch.ones_like(ids)
+    mask[2, 8:] = 0
+    labels = torch.full_like(ids, -100)
+    labels[0, 5:] = ids[0, 5:]
+    labels[1, 9:] = ids[1, 9:]
+    labels[2, 3:8] = ids[2, 3:8]
+    x = torch.zeros(1, requires_grad=True)
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: o + x)
+    full = sample_loss(model(input_ids=ids, attention_mask=mask).logits, labels, 0.1)
+    (g_full,) = torch.autograd.grad(full, x)
+    fast = answer_loss(model, ids, mask, labels, 0.1)
+    (g_fast,) = torch.autograd.grad(fast, x)
+    hook.remove()
+    assert abs(float(full) - float(fast)) < 1e-5
+    assert torch.allclose(g_full, g_fast, atol=1e-5)
+    assert float(fast) > 0

@@ -152,6 +152,26 @@ def collate(items: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
 
 
+def answer_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                smoothing: float) -> torch.Tensor:
+    """`sample_loss` without the full-vocabulary logits of prompt tokens: the decoder's hidden states are taken at
+    the answer positions only and projected through the LM head there (SNI answers are a small share of the
+    tokens, so this skips most of the 49k-wide head's forward and backward). Falls back to the full logits when
+    the model does not expose its decoder and head."""
+    decoder = getattr(model, "get_decoder", lambda: None)()
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if decoder is None or head is None or any(getattr(model.config, k, None) for k in ("final_logit_softcapping", "logit_scale")):
+        return sample_loss(model(input_ids=input_ids, attention_mask=attention_mask).logits, labels, smoothing)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    lab = labels[:, 1:]
+    mask = lab != -100
+    rows = mask.nonzero(as_tuple=True)
+    logits = head(hidden[:, :-1][rows]).float()
+    ce = nn.functional.cross_entropy(logits, lab[rows], reduction="none", label_smoothing=smoothing)
+    per = torch.zeros(lab.shape[0], device=ce.device, dtype=ce.dtype).index_add(0, rows[0], ce)
+    return (per / mask.sum(1).clamp(min=1)).mean()
+
+
 def sample_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
     """Completion-only CE, token mean per sample, then mean over samples (each sample weighted equally)."""
     logits = logits[:, :-1].float()
@@ -298,12 +318,12 @@ class Trainer:
             if train and tr.neftune_alpha > 0:
                 neft = self.model.get_input_embeddings().register_forward_hook(self._neftune_hook)
             try:
-                out = self.model(input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device))
+                loss = answer_loss(self.model, batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
+                                   batch["labels"].to(self.device), tr.label_smoothing if train else 0.0)
             finally:
                 handle.remove()
                 if neft is not None:
                     neft.remove()
-            loss = sample_loss(out.logits, batch["labels"].to(self.device), tr.label_smoothing if train else 0.0)
         return loss, l2
 
     def _neftune_hook(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
