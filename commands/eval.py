@@ -31,6 +31,8 @@ def eval_cmd(
     conditions: Annotated[str | None, typer.Option("--conditions", help="Comma list of rows: base, desc-prompt, t2l, t2l-control (another task's descriptions), adapter, lora. Default: base,desc-prompt,t2l (+adapter/lora when given).")] = None,
     checkpoint: CheckpointOpt = None,
     description: Annotated[list[str] | None, typer.Option("--description", "-d", help="A task description for desc-prompt/t2l (repeatable; 'TASK=text' scopes it to one task). Default: three shipped per benchmark.")] = None,
+    descriptions_file: Annotated[Path | None, typer.Option("--descriptions-file", help="JSON {task: [description, ...]} for desc-prompt/t2l/t2l-control (e.g. a checkpoint's heldout_descriptions.json); --description TASK=... wins.")] = None,
+    sni_prompt: Annotated[str, typer.Option("--sni-prompt", help="SNI prompt: 'definition' (SNI definition + input) or 'input' (the input only, as the default checkpoint was trained).")] = "definition",
     max_descriptions: Annotated[int | None, typer.Option("--max-descriptions", help="Use only the first K descriptions per task (each description is one more run).")] = None,
     adapter: Annotated[list[str] | None, typer.Option("--adapter", "-a", help="A PEFT LoRA folder to evaluate (repeatable; one row each).")] = None,
     lora: Annotated[list[str] | None, typer.Option("--lora", help="Multi-task LoRA folder for all tasks, or TASK=DIR for a per-task (oracle) LoRA (repeatable; one 'lora' row).")] = None,
@@ -63,7 +65,7 @@ def eval_cmd(
 
     req = EvalRequest(
         tasks=tasks, conditions=[conditions] if conditions is not None else None, checkpoint=checkpoint,
-        descriptions=list(description or []), max_descriptions=max_descriptions, adapters=list(adapter or []), loras=list(lora or []), base_model=base_model,
+        descriptions=list(description or []), descriptions_file=str(descriptions_file) if descriptions_file else None, sni_prompt=sni_prompt, max_descriptions=max_descriptions, adapters=list(adapter or []), loras=list(lora or []), base_model=base_model,
         limit=all_limit, task_limits=task_limits, num_fewshot=num_fewshot, max_new_tokens=max_new_tokens, batch_size=batch_size, gen_batch_size=gen_batch_size, backend=backend,
         output=output, force=force, data_dir=data_dir, allow_code_exec=allow_code_exec, seed=seed, log_samples=log_samples,
         chat_template=not no_chat_template, scaling=scaling, trust_remote_code=trust_remote_code, argv=["t2l", *sys.argv[1:]],

@@ -453,6 +453,8 @@ def _one_line_error(res, needle: str) -> None:
         (["--tasks", "arc_easy", "--conditions", "base", "--data-dir", "hub"], "hub is disabled"),
         (["--tasks", "arc_easy", "--conditions", "base", "--data-dir", "/nonexistent/dir"], "data folder not found"),
         (["--tasks", "sni:/nonexistent/task.jsonl", "--conditions", "base"], "SNI task not found"),
+        (["--tasks", "arc_easy", "--conditions", "base", "--sni-prompt", "none"], "--sni-prompt must be one of"),
+        (["--tasks", "arc_easy", "--conditions", "base", "--descriptions-file", "/nonexistent.json"], "cannot read --descriptions-file"),
     ],
 )
 def test_bad_input_is_one_line(args, needle, tmp_path):
@@ -701,3 +703,55 @@ def test_greedy_generate_equals_hf_generate(tiny_base_dir, monkeypatch):
     lm.fast_generate = False
     b = lm.generate_until([Instance("generate_until", {}, (p, dict(long)), i) for i, p in enumerate(prompts)])
     assert a == b
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"gsm8k": "one string"}', "'gsm8k' must map to a non-empty list"),
+        ('{"gsm8k": ["ok", ""]}', "'gsm8k' must map to a non-empty list"),
+        ('{"_note": "only a note"}', "has no task entries"),
+    ],
+)
+def test_bad_descriptions_file_is_one_line(content, needle, tmp_path):
+    f = tmp_path / "d.json"
+    f.write_text(content)
+    _one_line_error(_cli(["--tasks", "gsm8k", "--conditions", "base,desc-prompt", "--descriptions-file", str(f), "-o", str(tmp_path / "o")]), needle)
+    assert not (tmp_path / "o").exists()
+
+
+def test_descriptions_file_and_sni_control_rotation(tmp_path):
+    """File descriptions apply per task (SNI names without the sni: prefix too); --description TASK=... wins; the
+    control of an SNI task evaluated with other SNI tasks uses the next SNI task's descriptions."""
+    from t2lcli.engine.eval_tasks import EvalTask, control_task_for
+    from t2lcli.engine.evaluate import EvalRequest, plan_rows, read_descriptions_file
+
+    f = tmp_path / "d.json"
+    f.write_text(json.dumps({"_note": "x", "task1_a": ["A one", "A two"], "sni:task2_b": ["B one"], "gsm8k": ["G"]}))
+    file_descs = read_descriptions_file(f)
+    assert file_descs == {"sni:task1_a": ["A one", "A two"], "sni:task2_b": ["B one"], "gsm8k": ["G"]}
+    def mk(n):
+        return EvalTask(name=n, family="sni", output_type="generate_until", metric="rougeL", filter="none", eval_split="test", default_descriptions=[f"def of {n}"])
+    tasks = [mk("sni:task1_a"), mk("sni:task2_b"), mk("sni:task3_c")]
+    assert [control_task_for(t, tasks) for t in tasks] == ["sni:task2_b", "sni:task3_c", "sni:task1_a"]
+    assert control_task_for(tasks[0], tasks[:1]) == "gsm8k"
+
+    class Gen:
+        def generate(self, descs, opts):
+            return [type("A", (), {"scaling": 2.0})() for _ in descs]
+
+    req = EvalRequest(tasks="x", descriptions=["sni:task2_b=B cli"], file_descriptions=file_descs)
+    rows, prov = plan_rows(req, ["desc-prompt", "t2l-control"], tasks, Gen())
+    assert prov["descriptions"] == {"sni:task1_a": ["A one", "A two"], "sni:task2_b": ["B cli"], "sni:task3_c": ["def of sni:task3_c"]}
+    ctl = {t: [v.info["description"] for v in vs] for t, vs in rows[1].variants.items()}
+    assert ctl == {"sni:task1_a": ["B cli"], "sni:task2_b": ["def of sni:task3_c"], "sni:task3_c": ["A one", "A two"]}
+
+
+def test_sni_prompt_input_only():
+    from t2lcli.engine.eval_tasks import EvalTask, TaskOptions, _build_sni
+
+    t = EvalTask(name="sni:t", family="sni", output_type="generate_until", metric="rougeL", filter="none", eval_split="test", meta={"definition": "Do X."})
+    assert _build_sni(t, TaskOptions(sni_prompt="input"))["doc_to_text"]({"input": "hello"}) == "hello"
+    assert _build_sni(t, TaskOptions())["doc_to_text"]({"input": "hello"}).startswith("Do X.")

@@ -102,8 +102,25 @@ def test_tiny_sft_loss_decreases_and_checkpoint_generates(runner, cli_app, tiny_
     assert any("val_unseen" in x for x in m)
     cfg = json.loads((out / "final" / "t2l_config.json").read_text())
     assert cfg["training"]["heldout_tasks"] == ["task005_upper"] and cfg["training"]["steps"] == 30
+    held = json.loads((out / "heldout_descriptions.json").read_text())
+    assert held["sni:task005_upper"] == [f"{TASKS['task005_upper'][0]} (phrasing {j})" for j in (4, 5)]  # n_train_descs=4
     res = runner.invoke(cli_app, ["generate", "Reverse the order of the words.", "-c", str(out / "final"), "-o", str(tmp_path / "ad")])
     assert res.exit_code == 0, res.output
+    # the held-out comparison of the default checkpoint's README table, on the tiny run: input-only SNI prompts,
+    # unseen descriptions from the run, the control from the other SNI task's descriptions
+    tasks = ",".join(f"sni:{tiny_data / 'sni' / n}.jsonl" for n in ("task005_upper", "task001_reverse") if n in TASKS)
+    ev = tmp_path / "ev"
+    res = runner.invoke(cli_app, ["eval", "--tasks", tasks, "-c", str(out / "final"), "-m", str(train_base_dir),
+                                  "--conditions", "base,desc-prompt,t2l,t2l-control", "--sni-prompt", "input",
+                                  "--descriptions-file", str(out / "heldout_descriptions.json"), "--limit", "2",
+                                  "--max-new-tokens", "4", "-o", str(ev)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((ev / "results.json").read_text())
+    p = doc["provenance"]
+    assert p["sni_prompt"] == "input"
+    assert p["descriptions"]["sni:task005_upper"] == held["sni:task005_upper"]
+    ctl = p["control"]["sni:task005_upper"]
+    assert ctl["from_task"] != "sni:task005_upper" and ctl["from_task"].startswith("sni:")
 
 
 def test_lora_mode_writes_a_peft_adapter(runner, cli_app, tiny_data, train_base_dir, tiny_encoder_dir, tmp_path):

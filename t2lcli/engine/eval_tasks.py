@@ -56,6 +56,10 @@ class TaskOptions:
     num_fewshot: int | None = None  # None = the task default (0 everywhere: the zero-shot setting T2L reports)
     max_new_tokens: int | None = None  # None = the task default
     description: str | None = None  # desc-prompt: prepended to the prompt
+    sni_prompt: str = "definition"  # SNI tasks: "definition" (SNI definition + input) or "input" (the input only)
+
+
+SNI_PROMPTS = ("definition", "input")
 
 
 @dataclass
@@ -474,7 +478,7 @@ def _build_sni(task: EvalTask, opt: TaskOptions) -> dict[str, Any]:
 
     cfg = {
         **_common(task), "output_type": "generate_until", "test_split": "test",
-        "doc_to_text": lambda doc: sni_prompt(definition, doc["input"]),
+        "doc_to_text": (lambda doc: doc["input"]) if opt.sni_prompt == "input" else (lambda doc: sni_prompt(definition, doc["input"])),
         "doc_to_target": lambda doc: doc["output"][0],
         "process_results": process_results,
         "metric_list": [{"metric": "rougeL", "aggregation": "mean", "higher_is_better": True}],
@@ -648,8 +652,14 @@ def load_tasks(names: list[str], data_dir: str | None = None) -> list[EvalTask]:
     return tasks
 
 
-def control_task_for(task: EvalTask) -> str:
-    """The benchmark whose descriptions serve as the wrong-description control for `task`."""
+def control_task_for(task: EvalTask, tasks: list[EvalTask] | None = None) -> str:
+    """The task whose descriptions serve as the wrong-description control for `task`. An SNI task evaluated
+    together with other SNI tasks takes the next one's (in the order given, wrapping around): a description of
+    the same style but of another task is the hard control; a lone SNI task falls back to gsm8k's."""
+    if task.family == "sni" and tasks:
+        sni = [t.name for t in tasks if t.family == "sni"]
+        if len(sni) > 1:
+            return sni[(sni.index(task.name) + 1) % len(sni)]
     return CONTROL_OF["sni" if task.family == "sni" else task.name]
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from t2lcli import __version__, console
 from t2lcli.engine.eval_tasks import (
+    SNI_PROMPTS,
     EvalTask,
     TaskOptions,
     control_task_for,
@@ -61,6 +62,9 @@ class EvalRequest:
     conditions: list[str] | None = None  # None: base, desc-prompt, t2l (+ adapter / lora when given)
     checkpoint: str | None = None
     descriptions: list[str] = field(default_factory=list)  # "text" (all tasks) or "TASK=text"
+    descriptions_file: str | None = None  # JSON {task: [descriptions]} (keys as in --tasks; sni: prefix optional)
+    sni_prompt: str = "definition"  # SNI prompt: "definition" + input, or the input only
+    file_descriptions: dict[str, list[str]] = field(default_factory=dict)  # filled by validate() from descriptions_file
     max_descriptions: int | None = None  # use only the first K descriptions per task (desc-prompt, t2l, t2l-control)
     adapters: list[str] = field(default_factory=list)
     loras: list[str] = field(default_factory=list)  # "DIR" (all tasks) or "TASK=DIR"
@@ -188,7 +192,39 @@ def validate(req: EvalRequest) -> list[str]:
     for x in req.loras:
         if not x.strip() or x.strip().endswith("="):
             raise InputError("empty --lora", hint="pass --lora DIR or --lora TASK=DIR")
+    if req.sni_prompt not in SNI_PROMPTS:
+        raise InputError(f"--sni-prompt must be one of {', '.join(SNI_PROMPTS)}, got '{req.sni_prompt}'")
+    if req.descriptions_file is not None:
+        req.file_descriptions = read_descriptions_file(req.descriptions_file)
     return conds
+
+
+def read_descriptions_file(path: str | Path) -> dict[str, list[str]]:
+    """`--descriptions-file`: a JSON object {task: [description, ...]}; SNI task names may omit the `sni:` prefix."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read --descriptions-file {p}: {exc.strerror or exc}") from None
+    if len(raw) > 64 * 1024 * 1024:
+        raise InputError(f"--descriptions-file {p} is larger than 64 MiB")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"--descriptions-file {p} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or not doc:
+        raise InputError(f"--descriptions-file {p} must be a JSON object {{task: [description, ...]}}")
+    out: dict[str, list[str]] = {}
+    for key, val in doc.items():
+        if key.startswith("_"):  # comments / provenance
+            continue
+        if not isinstance(val, list) or not val or not all(isinstance(d, str) and d.strip() for d in val):
+            raise InputError(f"--descriptions-file {p}: '{key}' must map to a non-empty list of non-empty strings")
+        name = key if key.startswith("sni:") or not key.startswith("task") else f"sni:{key}"
+        out[name] = [d.strip() for d in val]
+    if not out:
+        raise InputError(f"--descriptions-file {p} has no task entries")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ adapters
@@ -257,8 +293,10 @@ def plan_rows(req: EvalRequest, conds: list[str], tasks: list[EvalTask], generat
     global_descs, scoped = _split_scoped(req.descriptions, names)
     shipped = default_descriptions()
 
+    by_name = {t.name: t for t in tasks}
+
     def descs_for(task: EvalTask) -> list[str]:
-        d = scoped.get(task.name) or global_descs or task.default_descriptions
+        d = scoped.get(task.name) or req.file_descriptions.get(task.name) or global_descs or task.default_descriptions
         if not d:
             raise InputError(f"no description for task {task.name}", hint=f'pass --description "{task.name}=..."')
         return d[: req.max_descriptions] if req.max_descriptions else d
@@ -277,8 +315,8 @@ def plan_rows(req: EvalRequest, conds: list[str], tasks: list[EvalTask], generat
                 if cond == "t2l":
                     descs, src = descs_for(t), t.name
                 else:
-                    src = control_task_for(t)
-                    descs = scoped.get(src) or shipped[src]
+                    src = control_task_for(t, tasks)
+                    descs = scoped.get(src) or req.file_descriptions.get(src) or (by_name[src].default_descriptions if src in by_name else shipped[src])
                     descs = descs[: req.max_descriptions] if req.max_descriptions else descs
                     desc_prov.setdefault("control", {})[t.name] = {"from_task": src, "descriptions": descs}
                 adapters = generator.generate(descs, opts)
@@ -924,7 +962,8 @@ def run_eval(req: EvalRequest, profile: Profile, on_row: Any = None) -> dict[str
             "checkpoint": ckpt_prov, "seed": req.seed, "limit": req.limit, "limits": limits, "num_fewshot": req.num_fewshot,
             "num_fewshot_label": "0-shot" if not req.num_fewshot else f"{req.num_fewshot}-shot",
             "max_new_tokens": req.max_new_tokens, "conditions": conds, "data_dir": req.data_dir or os.environ.get("T2L_DATA_DIR") or "package",
-            "sni_slice": "instances[int(0.9*n):] (last 10%)", "fewshot_pool": "train pool if shipped, else the eval split minus the scored doc",
+            "sni_slice": "instances[int(0.9*n):] (last 10%)", "sni_prompt": req.sni_prompt,
+            "descriptions_file": str(Path(req.descriptions_file).resolve()) if req.descriptions_file else None, "fewshot_pool": "train pool if shipped, else the eval split minus the scored doc",
             **desc_prov,
             "adapters": {r.name: [v.info for v in next(iter(r.variants.values()))] for r in rows if r.condition in ("adapter",)},
             "loras": {t: [v.info for v in vs] for r in rows if r.condition == "lora" for t, vs in r.variants.items()},
@@ -933,7 +972,7 @@ def run_eval(req: EvalRequest, profile: Profile, on_row: Any = None) -> dict[str
         writer = ResultsWriter(out, provenance, tasks, [r.name for r in rows])
         out.mkdir(parents=True, exist_ok=True)
         writer.write("running")
-        options = TaskOptions(chat=chat, num_fewshot=req.num_fewshot, max_new_tokens=req.max_new_tokens)
+        options = TaskOptions(chat=chat, num_fewshot=req.num_fewshot, max_new_tokens=req.max_new_tokens, sni_prompt=req.sni_prompt)
         try:
             for row in rows:
                 t_row, c_row = time.perf_counter(), time.process_time()
@@ -947,7 +986,7 @@ def run_eval(req: EvalRequest, profile: Profile, on_row: Any = None) -> dict[str
                     for i, v in enumerate(variants):
                         label = f"{row.name} · {task.name}" + (f" · {i + 1}/{len(variants)}" if len(variants) > 1 else "")
                         console.log(f"eval {label}")
-                        cfg = task.config(TaskOptions(options.chat, options.num_fewshot, options.max_new_tokens, v.description))
+                        cfg = task.config(TaskOptions(options.chat, options.num_fewshot, options.max_new_tokens, v.description, options.sni_prompt))
                         t_var, c_var = time.perf_counter(), time.process_time()
                         handle = backend.activate(v)
                         try:

@@ -427,6 +427,16 @@ class Trainer:
             "world_size": self.world,
         }
 
+    def heldout_descriptions(self) -> dict[str, Any]:
+        """Descriptions never used in training for every held-out task, keyed as `t2l eval --tasks sni:...` names
+        them: the input of `t2l eval --descriptions-file` for the unseen-task comparison."""
+        k = self.recipe.data.n_train_descs
+        doc: dict[str, Any] = {"_note": f"held-out tasks of this run (never trained on); descriptions from index {k} on "
+                                        "(never used in training for any task); for t2l eval --descriptions-file"}
+        for t in self.heldout:
+            doc[f"sni:{t.name}"] = t.descriptions[k:] or t.descriptions
+        return doc
+
     def save_artifact(self, folder: Path, seconds: float, force: bool = True) -> Path:
         """The trained thing: a native T2L checkpoint (sft/recon) or a PEFT adapter (lora)."""
         if self.recipe.mode == "lora":
@@ -584,6 +594,8 @@ def run_training(recipe: Recipe, output: Path, resume: bool = False, force: bool
 
         encoder = TextEncoder(encoder_spec_for(recipe.encoder), device=device)
     trainer = Trainer(recipe, output, model, tok, encoder, device)
+    if rank == 0 and trainer.heldout:
+        atomic_write_bytes(output / "heldout_descriptions.json", json.dumps(trainer.heldout_descriptions(), indent=1, ensure_ascii=False).encode())
     elapsed0 = trainer.load_state() if resuming else 0.0
     if resuming:
         console.log(f"resuming from step {trainer.step}")
