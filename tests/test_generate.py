@@ -249,3 +249,20 @@ def test_ctrl_c_during_batch_leaves_only_complete_adapters(tiny_checkpoint_dir, 
     assert 3 <= len(done) < 400
     for p in done:
         load_adapter(p)  # every folder present is complete and valid
+
+
+def test_non_finite_adapter_is_refused_per_item(runner, cli_app, tiny_checkpoint_dir, tmp_path):
+    """An overflow in one batch item names that item; --scale overflowing B is caught; nothing is written."""
+    from t2lcli.engine.generate import Generator
+    from t2lcli.errors import T2LError
+
+    gen = Generator.load(tiny_checkpoint_dir)
+    emb = gen.embed(["Sort the words.", "Reverse the words.", "Count the words."])
+    ok = gen.adapters_from_embeddings(emb, ["a", "b", "c"])
+    assert len(ok) == 3 and all(torch.isfinite(t).all() for ad in ok for t in ad.tensors.values())
+    emb[1] = 3e38
+    with pytest.raises(T2LError, match="item 2 has NaN/Inf"):
+        gen.adapters_from_embeddings(emb, ["a", "b", "c"])
+    res = runner.invoke(cli_app, ["generate", "Sort the words.", "-c", str(tiny_checkpoint_dir), "--scale", "1e40", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "NaN/Inf" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()

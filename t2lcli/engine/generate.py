@@ -113,14 +113,18 @@ class Generator:
                 f"these adapters state {opts.scaling} = {effective:.4g} ({effective / c.scaling:.2f}x the training strength)"
             )
         result = []
+        # finiteness of every item at once (a few ops for the whole batch, not a few per adapter: each op is a
+        # parallel region, which costs a scheduler time slice on a busy machine); B after --scale, so an overflow
+        # is caught too
+        finite = torch.ones(len(descriptions), dtype=torch.bool)
+        for a, b in fac.values():
+            finite &= torch.isfinite(a).flatten(1).all(1)
+            finite &= torch.isfinite(b * opts.scale if opts.scale != 1.0 else b).flatten(1).all(1)
         for i, desc in enumerate(descriptions):
             tensors = lora_state_dict(paths, fac, i)
             if opts.scale != 1.0:
                 tensors = {k: (v * opts.scale if ".lora_B." in k else v) for k, v in tensors.items()}
-            # checked on the stacked factors (a few ops per adapter), not on each of the 2·layers·modules PEFT tensors,
-            # which cost ~12% of a warm generate; B is checked after --scale so an overflow is caught too
-            stacked = [t for a, b in fac.values() for t in (a[i], b[i] * opts.scale if opts.scale != 1.0 else b[i])]
-            if not all(bool(torch.isfinite(t).all()) for t in stacked):
+            if not bool(finite[i]):
                 raise T2LError(
                     f"the adapter for {'description' if len(descriptions) == 1 else f'item {i + 1}'} has NaN/Inf values; nothing was written for it",
                     hint="lower --scale, or check the checkpoint (t2l inspect CHECKPOINT)",
