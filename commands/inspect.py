@@ -212,6 +212,13 @@ def _print_similarity(r: dict) -> None:
 
         out = Console(width=needed, highlight=False, soft_wrap=True)
     out.print(t)
+    g = r.get("groups")
+    if g:
+        out.print(
+            f"by {g['by']} ({g['n_groups']} groups): same {g['same_mean']:.3f} vs different {g['different_mean']:.3f} "
+            f"({g['pairs_same']} / {g['pairs_different']} pairs); mean-centred: same {g['centered']['same_mean']:.3f} "
+            f"vs different {g['centered']['different_mean']:.3f}"
+        )
 
 
 def _print_plot(r: dict) -> None:

@@ -207,6 +207,43 @@ def test_similarity_embedding_space_and_folders(adapters: dict[str, Path], runne
     assert all(r["matrix"][i][i] == pytest.approx(1.0, abs=1e-4) for i in range(6))
 
 
+def test_similarity_groups_same_vs_different(adapters: dict[str, Path], runner, cli_app) -> None:
+    """Adapters in several task folders: mean cosine of same-folder pairs vs different-folder pairs, raw and
+    mean-centred, equal to a direct computation on the flattened ΔW."""
+    import itertools
+
+    import torch
+
+    from t2lcli.engine.adapters import load_adapter
+
+    root = adapters["math0"].parent.parent
+    res = runner.invoke(cli_app, ["inspect", str(root / "math"), str(root / "french"), "--similarity", "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    g = r["groups"]
+    assert g["by"] == "task folder" and g["n_groups"] == 2
+    assert g["labels"] == [Path(p).parent.name for p in r["paths"]] and sorted(g["labels"]) == ["french"] * 3 + ["math"] * 3
+    flat = []
+    for p in r["paths"]:
+        ad = load_adapter(p)
+        flat.append(torch.cat([ad.delta(k).flatten() for k in ad.prefixes()]).double())
+    x = torch.stack(flat)
+    xc = x - x.mean(0)
+    cos = lambda v, i, j: float(torch.nn.functional.cosine_similarity(v[i], v[j], dim=0))  # noqa: E731
+    pairs = list(itertools.combinations(range(6), 2))
+    same = [(i, j) for i, j in pairs if g["labels"][i] == g["labels"][j]]
+    diff = [(i, j) for i, j in pairs if g["labels"][i] != g["labels"][j]]
+    assert (g["pairs_same"], g["pairs_different"]) == (6, 9)
+    assert g["same_mean"] == pytest.approx(sum(cos(x, i, j) for i, j in same) / 6, abs=2e-4)
+    assert g["different_mean"] == pytest.approx(sum(cos(x, i, j) for i, j in diff) / 9, abs=2e-4)
+    assert g["centered"]["same_mean"] == pytest.approx(sum(cos(xc, i, j) for i, j in same) / 6, abs=2e-4)
+    assert g["centered"]["different_mean"] == pytest.approx(sum(cos(xc, i, j) for i, j in diff) / 9, abs=2e-4)
+    human = runner.invoke(cli_app, ["inspect", str(root / "math"), str(root / "french"), "--similarity"])
+    assert human.exit_code == 0 and "by task folder (2 groups): same" in human.stdout
+    single = runner.invoke(cli_app, ["inspect", str(adapters["math0"]), str(adapters["math1"]), "--similarity", "--json"])
+    assert "groups" not in json.loads(single.stdout)  # one folder: no groups to compare
+
+
 def test_similarity_bad_input(adapters: dict[str, Path], tmp_path: Path, runner, cli_app) -> None:
     one = runner.invoke(cli_app, ["inspect", str(adapters["math0"]), "--similarity"])
     assert one.exit_code == 1 and "at least two adapters" in one.stderr

@@ -222,15 +222,19 @@ def load_adapter(path: Path | str, device: str = "cpu") -> Adapter:
         problems += _check_tensors(tensors, r)
     if problems:
         raise AdapterFormatError(format_problems(f"invalid adapter {path}", problems))
-    meta: dict[str, Any] = {}
-    if (path / "t2l_adapter.json").is_file():
-        try:
-            meta = json.loads((path / "t2l_adapter.json").read_text(encoding="utf-8"))
-        except (ValueError, RecursionError, OSError):
-            meta = {}
-        if not isinstance(meta, dict):
-            meta = {}
-    return Adapter(config, tensors, meta)
+    return Adapter(config, tensors, read_adapter_meta(path))
+
+
+def read_adapter_meta(path: Path | str) -> dict[str, Any]:
+    """The t2l card metadata (`t2l_adapter.json`) of an adapter folder; {} when absent or unreadable."""
+    f = Path(path) / "t2l_adapter.json"
+    if not f.is_file():
+        return {}
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError, OSError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _check_tensors(tensors: dict[str, torch.Tensor], r: int | None) -> list[str]:

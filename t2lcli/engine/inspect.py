@@ -443,19 +443,60 @@ def similarity(paths: list[str], space: str = "delta_w", trust_remote_code: bool
         raise InputError(f"{len(folders)} adapters: the similarity matrix is limited to {MAX_SIMILARITY}",
                          hint="for many adapters draw a projection instead: --plot adapters.png")
     if space == "embedding":
-        emb, _, _ = _embeddings(folders, trust_remote_code)
-        e = torch.nn.functional.normalize(emb, dim=-1)
-        matrix = e @ e.T
+        emb, metas, _ = _embeddings(folders, trust_remote_code)
+        gram = emb.double() @ emb.double().T
     elif space == "delta_w":
-        matrix = _delta_gram(folders)
-        d = matrix.diagonal().clamp(min=0).sqrt()
-        denom = d[:, None] * d[None, :]
-        matrix = torch.where(denom > 0, matrix / denom.clamp(min=1e-30), torch.zeros_like(matrix))
+        gram = _delta_gram(folders)
+        metas = [_load_meta(f) for f in folders]
     else:
         raise InputError(f"unknown --space '{space}'", hint="use delta_w (default) or embedding")
-    m = matrix.clamp(-1, 1)
-    return {"kind": "similarity", "space": space, "names": _names(folders), "paths": [str(p) for p in folders],
-            "matrix": [[round(float(x), 4) for x in row] for row in m]}
+    m = _cosine(gram)
+    result = {"kind": "similarity", "space": space, "names": _names(folders), "paths": [str(p) for p in folders],
+              "matrix": [[round(float(x), 4) for x in row] for row in m]}
+    labels = [_label_of(f, meta) for f, meta in zip(folders, metas, strict=True)]
+    by = "task"
+    if any(lab is None for lab in labels):
+        labels, by = [f.parent.name for f in folders], "task folder"
+    groups = _group_summary(m, _cosine(_center(gram)), labels, by)
+    if groups is not None:
+        result["groups"] = groups
+    return result
+
+
+def _load_meta(folder: Path) -> dict[str, Any]:
+    from t2lcli.engine.adapters import read_adapter_meta
+
+    return read_adapter_meta(folder)
+
+
+def _cosine(gram: torch.Tensor) -> torch.Tensor:
+    d = gram.diagonal().clamp(min=0).sqrt()
+    denom = d[:, None] * d[None, :]
+    return torch.where(denom > 0, gram / denom.clamp(min=1e-30), torch.zeros_like(gram)).clamp(-1, 1)
+
+
+def _center(gram: torch.Tensor) -> torch.Tensor:
+    """The Gram matrix of the vectors minus their mean (H G H, H = I - 11ᵀ/n): what sets the adapters apart,
+    without the part they all share (for T2L: the bias-HyperInit component every generated adapter carries)."""
+    n = gram.shape[0]
+    h = torch.eye(n, dtype=gram.dtype) - 1.0 / n
+    return h @ gram @ h
+
+
+def _group_summary(raw: torch.Tensor, centered: torch.Tensor, labels: list[str], by: str) -> dict[str, Any] | None:
+    """Mean cosine over pairs from the same group vs pairs from different groups (raw and mean-centred)."""
+    n = len(labels)
+    same = [(i, j) for i in range(n) for j in range(i + 1, n) if labels[i] == labels[j]]
+    diff = [(i, j) for i in range(n) for j in range(i + 1, n) if labels[i] != labels[j]]
+    if not same or not diff:
+        return None
+
+    def mean(mat: torch.Tensor, pairs: list[tuple[int, int]]) -> float:
+        return round(sum(float(mat[i, j]) for i, j in pairs) / len(pairs), 4)
+
+    return {"by": by, "labels": labels, "n_groups": len(set(labels)), "pairs_same": len(same), "pairs_different": len(diff),
+            "same_mean": mean(raw, same), "different_mean": mean(raw, diff),
+            "centered": {"same_mean": mean(centered, same), "different_mean": mean(centered, diff)}}
 
 
 def _load_blocks(folder: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, Any]]:
