@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.t2l-installed
 
-.PHONY: demo models test test-slow lint install train-default bench completions docs clean
+.PHONY: demo models test test-slow lint install train-default train-default-lora ship-default eval-default similarity-default bench completions docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -56,6 +56,37 @@ docs: $(STAMP)
 
 train-default: $(STAMP)
 	$(BIN)/t2l train t2lcli/recipes/default.yaml --output runs/default --resume
+
+## the multi-task LoRA baseline: the same recipe, data, steps and batches, one fixed adapter for all tasks
+train-default-lora: $(STAMP)
+	$(BIN)/t2l train t2lcli/recipes/default.yaml --output runs/default-lora --resume --set mode=lora
+
+## copy the trained runs into the package: the hypernetwork in bf16 (<= 25 MB), the held-out descriptions, the LoRA
+ship-default: $(STAMP)
+	$(BIN)/t2l convert runs/default/final -o t2lcli/checkpoints/default --dtype bf16 --force
+	cp runs/default/heldout_descriptions.json t2lcli/checkpoints/default/
+	rm -rf t2lcli/checkpoints/default-lora && cp -r runs/default-lora/final t2lcli/checkpoints/default-lora
+
+# the held-out SNI tasks of the default recipe, as `t2l eval --tasks` names them
+SNI := ../shared/data/sni
+HELDOUT = $(shell $(BIN)/python -c "import yaml;print(','.join('sni:$(SNI)/'+t+'.jsonl' for t in yaml.safe_load(open('t2lcli/recipes/default.yaml'))['data']['heldout_tasks']))" 2>/dev/null)
+EVAL_ROWS := --conditions base,desc-prompt,t2l,t2l-control,lora --lora t2lcli/checkpoints/default-lora
+
+## make eval-default: README's comparison table for the shipped default (held-out SNI tasks, then 3 benchmarks)
+eval-default: $(STAMP)
+	$(BIN)/t2l eval --tasks $(HELDOUT) $(EVAL_ROWS) --sni-prompt input \
+	  --descriptions-file t2lcli/checkpoints/default/heldout_descriptions.json --max-descriptions 3 --limit 25 \
+	  --max-new-tokens 64 -o results/default-heldout --force
+	$(BIN)/t2l eval --tasks gsm8k,arc_easy,boolq $(EVAL_ROWS) --max-descriptions 2 \
+	  --limit gsm8k=20 --limit arc_easy=100 --limit boolq=100 -o results/default-bench --force
+
+## make similarity-default: ΔW similarity of adapters from unseen descriptions, same task vs different tasks
+similarity-default: $(STAMP)
+	rm -rf out/similarity && $(BIN)/python -c "import json,pathlib;d=json.load(open('t2lcli/checkpoints/default/heldout_descriptions.json'));[pathlib.Path('out/similarity/'+k[4:]+'.txt').parent.mkdir(parents=True,exist_ok=True) or pathlib.Path('out/similarity/'+k[4:]+'.txt').write_text(chr(10).join(v[:5])+chr(10)) for k,v in d.items() if not k.startswith('_')]"
+	for f in out/similarity/*.txt; do $(BIN)/t2l generate --from-file $$f -o $${f%.txt} || exit 1; done
+	$(BIN)/t2l inspect out/similarity/*/ --similarity --json > results/default-similarity.json
+	$(BIN)/t2l inspect out/similarity/*/ --similarity | tail -n 1
+	$(BIN)/t2l inspect out/similarity/*/ --plot results/default-similarity.png
 
 clean:
 	rm -rf out build *.egg-info .pytest_cache

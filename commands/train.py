@@ -20,6 +20,7 @@ EXAMPLES = """[b]Examples[/b]
   t2l train my.yaml -o runs/x --resume                           # continue an interrupted run exactly
   t2l train my.yaml -o runs/mt --set mode=lora                   # multi-task LoRA baseline (one adapter)
   torchrun --nproc-per-node 2 -m t2lcli train my.yaml -o runs/ddp   # distributed (DDP)
+  accelerate launch --cpu --num_processes 2 -m t2lcli train my.yaml -o runs/ddp   # the same under accelerate
 """
 
 

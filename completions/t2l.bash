@@ -34,6 +34,8 @@ _t2l() {
         eval:--conditions) COMPREPLY=(); return 0 ;;
         eval:--checkpoint|eval:-c) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
         eval:--description|eval:-d) COMPREPLY=(); return 0 ;;
+        eval:--descriptions-file) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
+        eval:--sni-prompt) COMPREPLY=(); return 0 ;;
         eval:--max-descriptions) COMPREPLY=(); return 0 ;;
         eval:--adapter|eval:-a) COMPREPLY=(); return 0 ;;
         eval:--lora) COMPREPLY=(); return 0 ;;
@@ -91,7 +93,7 @@ _t2l() {
         "") opts="generate inspect eval bench merge convert train --version --verbose -v --help -h" ;;
         generate) opts="--output -o --from-file -f --embedding-file --checkpoint -c --base-model -m --dtype --scale --scaling --batch-size --skip-bad --preview --max-new-tokens --profile -p --set --force --json --trust-remote-code --help -h" ;;
         inspect) opts="--compat --similarity --space --plot --clusters --set --json --trust-remote-code --help -h" ;;
-        eval) opts="--tasks -t --conditions --checkpoint -c --description -d --max-descriptions --adapter -a --lora --limit -n --num-fewshot -k --max-new-tokens --batch-size --gen-batch-size --backend --base-model -m --scaling --no-chat-template --data-dir --allow-code-exec --seed --log-samples --output -o --profile -p --set --force --json --trust-remote-code --help -h" ;;
+        eval) opts="--tasks -t --conditions --checkpoint -c --description -d --descriptions-file --sni-prompt --max-descriptions --adapter -a --lora --limit -n --num-fewshot -k --max-new-tokens --batch-size --gen-batch-size --backend --base-model -m --scaling --no-chat-template --data-dir --allow-code-exec --seed --log-samples --output -o --profile -p --set --force --json --trust-remote-code --help -h" ;;
         bench) opts="--checkpoint -c --shapes --variant --runs -n --cold-runs --batch -b --baseline --plan --measure --context --clean --profile -p --set --json --output -o --help -h" ;;
         merge) opts="--output -o --into-base --export --method --weights -w --rank -r --density --seed --description -d --checkpoint -c --base-model -m --dtype --max-shard-size --max-lora-rank --name --runtime-base --profile -p --set --force --json --trust-remote-code --help -h" ;;
         convert) opts="--output -o --dtype --force --json --help -h" ;;

@@ -43,6 +43,8 @@ complete -c t2l -n '__fish_seen_subcommand_from eval' -l tasks -s t -x -d 'Comma
 complete -c t2l -n '__fish_seen_subcommand_from eval' -l conditions -x -d 'Comma list of rows: base, desc-prompt, t2l, t2l-control (another tasks descriptions), adapter, lora.'
 complete -c t2l -n '__fish_seen_subcommand_from eval' -l checkpoint -s c -r -F -d 'T2L checkpoint: default, a native or official folder, or owner/repo/folder on the hub.'
 complete -c t2l -n '__fish_seen_subcommand_from eval' -l description -s d -x -d 'A task description for desc-prompt/t2l (repeatable; TASK=text scopes it to one task). Default: three'
+complete -c t2l -n '__fish_seen_subcommand_from eval' -l descriptions-file -r -F -d 'JSON {task: [description, ...]} for desc-prompt/t2l/t2l-control (e.g. a checkpoints heldout_descript'
+complete -c t2l -n '__fish_seen_subcommand_from eval' -l sni-prompt -x -d 'SNI prompt: definition (SNI definition + input) or input (the input only, as the default checkpoint '
 complete -c t2l -n '__fish_seen_subcommand_from eval' -l max-descriptions -x -d 'Use only the first K descriptions per task (each description is one more run).'
 complete -c t2l -n '__fish_seen_subcommand_from eval' -l adapter -s a -x -d 'A PEFT LoRA folder to evaluate (repeatable; one row each).'
 complete -c t2l -n '__fish_seen_subcommand_from eval' -l lora -x -d 'Multi-task LoRA folder for all tasks, or TASK=DIR for a per-task (oracle) LoRA (repeatable; one lora'

@@ -65,6 +65,8 @@ _t2l() {
             '--conditions[Comma list of rows - base, desc-prompt, t2l, t2l-control (another tasks descriptions), adapter, lora. Default - base,desc-prompt,t2l (+adapter/lora when given).]:conditions: ' \
             '(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files' \
             '*'{--description,-d}'[A task description for desc-prompt/t2l (repeatable; TASK=text scopes it to one task). Default - three shipped per benchmark.]:description: ' \
+            '--descriptions-file[JSON {task - (description, ...)} for desc-prompt/t2l/t2l-control (e.g. a checkpoints heldout_descriptions.json); --description TASK=... wins.]:descriptions-file:_files' \
+            '--sni-prompt[SNI prompt - definition (SNI definition + input) or input (the input only, as the default checkpoint was trained).]:sni-prompt: ' \
             '--max-descriptions[Use only the first K descriptions per task (each description is one more run).]:max-descriptions: ' \
             '*'{--adapter,-a}'[A PEFT LoRA folder to evaluate (repeatable; one row each).]:adapter: ' \
             '*--lora[Multi-task LoRA folder for all tasks, or TASK=DIR for a per-task (oracle) LoRA (repeatable; one lora row).]:lora: ' \

@@ -163,15 +163,23 @@ def test_resume_after_kill_is_exact(tiny_data, train_base_dir, tiny_encoder_dir,
     assert worst <= 1e-6, worst
 
 
-def test_two_process_ddp_matches_one_process(tiny_data, train_base_dir, tiny_encoder_dir, tmp_path):
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29731"],
+    # accelerate's CPU multi-process launch (it hands over to torchrun with RANK/WORLD_SIZE set)
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29733"],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_process_ddp_matches_one_process(tiny_data, train_base_dir, tiny_encoder_dir, tmp_path, launcher):
+    if launcher == "accelerate":
+        pytest.importorskip("accelerate")
     recipe = write_recipe(tmp_path / "r.yaml", tiny_data, train_base_dir, tiny_encoder_dir,
                           **{"train.steps": 6, "log.val_every": 0, "log.ckpt_every": 0})
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, "-m", "t2lcli", "train", str(recipe), "-o", str(one)], check=True, env=_env(), capture_output=True)
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29731", "-m", "t2lcli", "train", str(recipe), "-o", str(two)],
-        env=_env(), capture_output=True, text=True,
-    )
+    r = subprocess.run([*LAUNCHERS[launcher], "-m", "t2lcli", "train", str(recipe), "-o", str(two)], env=_env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     la = [m["loss"] for m in _metrics(one)]
     lb = [m["loss"] for m in _metrics(two)]  # rank 0 logs the all-reduced loss of the combined batch
