@@ -61,6 +61,7 @@ class TrainSection:
     seed: int = 0
     time_budget_s: float = 0.0
     threads: int = 0
+    distributed: str = "ddp"  # under torchrun/accelerate: ddp (replicated) or fsdp (sharded hypernetwork, FSDP2)
 
 
 @dataclass
@@ -100,6 +101,7 @@ _CHOICES = {
     "schedule": ("cosine", "linear", "constant"),
     "prompt": ("input", "definition"),
     "loss": ("factorized", "delta_w"),
+    "distributed": ("ddp", "fsdp"),
 }
 
 

@@ -231,7 +231,14 @@ class Trainer:
             self.net = self.ckpt.hypernet
         self.net.to(device).train()
         self.ddp_net = self.net
-        if self.world > 1:
+        self.fsdp = self.world > 1 and tr.distributed == "fsdp"
+        if self.fsdp:  # FSDP2: every head (the bulk of the parameters) is its own shard group, then the rest
+            from torch.distributed.fsdp import fully_shard
+
+            for head in getattr(self.net, "heads", {}).values():
+                fully_shard(head)
+            fully_shard(self.net)
+        elif self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             self.ddp_net = DistributedDataParallel(self.net)
@@ -355,6 +362,8 @@ class Trainer:
         if not math.isfinite(total):
             raise FloatingPointError("loss is NaN/Inf")
         gnorm = torch.nn.utils.clip_grad_norm_([p for p in self.net.parameters() if p.requires_grad], tr.grad_clip or float("inf"))
+        if hasattr(gnorm, "full_tensor"):  # a DTensor under FSDP
+            gnorm = gnorm.full_tensor()
         self.opt.step()
         self.sched.step()
         self.step += 1
@@ -437,8 +446,37 @@ class Trainer:
             doc[f"sni:{t.name}"] = t.descriptions[k:] or t.descriptions
         return doc
 
-    def save_artifact(self, folder: Path, seconds: float, force: bool = True) -> Path:
-        """The trained thing: a native T2L checkpoint (sft/recon) or a PEFT adapter (lora)."""
+    def full_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The unsharded model and optimizer state on the CPU. Under FSDP this is a collective: every rank calls it."""
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_model_state_dict(self.net, options=opts), get_optimizer_state_dict(self.net, self.opt, options=opts)
+        return {k: v.detach().cpu() for k, v in self.net.state_dict().items()}, self.opt.state_dict()
+
+    def _plain_net(self, state: dict[str, torch.Tensor] | None) -> nn.Module:
+        """The trained module with ordinary tensors (a fresh copy holding the gathered state under FSDP)."""
+        if not self.fsdp:
+            return self.net
+        import copy
+
+        hs = self.recipe.hypernet
+        if self.recipe.mode == "lora":
+            dims = {m: [s.d_in, s.d_out] for m, s in self.shape.modules.items()}
+            plain: nn.Module = FixedLoRA(self.shape.n_layers, dims, hs.r, self.recipe.train.seed)
+        else:
+            from t2lcli.engine.checkpoint import build_checkpoint
+
+            plain = build_checkpoint(self.shape, self.enc_spec, self.recipe.base_model, variant=hs.variant, latent=hs.latent,
+                                     head_in=hs.head_in, r=hs.r, lora_alpha=hs.lora_alpha, seed=0, dropout=hs.dropout).hypernet
+        plain.load_state_dict(copy.copy(state or self.full_state()[0]))
+        return plain
+
+    def save_artifact(self, folder: Path, seconds: float, force: bool = True, state: dict[str, torch.Tensor] | None = None) -> Path:
+        """The trained thing: a native T2L checkpoint (sft/recon) or a PEFT adapter (lora). Under FSDP pass the
+        gathered `state` (from `full_state`, which every rank must call)."""
+        net = self._plain_net(state)
         if self.recipe.mode == "lora":
             from t2lcli.engine.adapters import Adapter, peft_config, save_adapter
 
@@ -447,32 +485,39 @@ class Trainer:
             for m, path in self.paths.items():
                 for layer in range(self.shape.n_layers):
                     prefix = "base_model.model." + path.format(l=layer)
-                    tensors[f"{prefix}.lora_A.weight"] = self.net.A[m][layer].detach().float().clone()
-                    tensors[f"{prefix}.lora_B.weight"] = self.net.B[m][layer].detach().float().clone()
+                    tensors[f"{prefix}.lora_A.weight"] = net.A[m][layer].detach().float().clone()
+                    tensors[f"{prefix}.lora_B.weight"] = net.B[m][layer].detach().float().clone()
             cfg = peft_config(c.r, c.lora_alpha, list(c.target_modules), self.recipe.base_model, use_rslora=c.use_rslora)
             meta = {"description": self.recipe.description or "multi-task LoRA trained by t2l", "training": self.provenance(seconds)}
             return save_adapter(Adapter(cfg, tensors, meta), folder, force=force)
+        from dataclasses import replace
+
         from t2lcli.engine.checkpoint import save_checkpoint
 
-        return save_checkpoint(self.ckpt, folder, force=force, training=self.provenance(seconds))
+        ckpt = self.ckpt if net is self.net else replace(self.ckpt, hypernet=net)
+        return save_checkpoint(ckpt, folder, force=force, training=self.provenance(seconds))
 
     def save_state(self, seconds: float) -> None:
-        """Checkpoint + trainer state, atomically; `latest` points at the newest complete one."""
+        """Checkpoint + trainer state, atomically; `latest` points at the newest complete one. Every rank calls it
+        (under FSDP gathering the state is a collective); rank 0 writes."""
+        if self.rank != 0 and not self.fsdp:
+            return
+        model_state, optim_state = self.full_state()
         if self.rank != 0:
             return
         ckdir = self.output / "checkpoints" / f"step-{self.step:07d}"
         with atomic_dir(ckdir, force=True) as tmp:
-            self.save_artifact(tmp / "model", seconds)
+            self.save_artifact(tmp / "model", seconds, state=model_state)
             state = {
                 "step": self.step,
-                "optimizer": self.opt.state_dict(),
+                "optimizer": optim_state,
                 "scheduler": self.sched.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "sampler_rng": _rng_to_list(self.sampler.state()),
                 "seconds": seconds,
             }
             torch.save(state, tmp / STATE_NAME)
-            torch.save({k: v.detach().cpu() for k, v in self.net.state_dict().items()}, tmp / "net.pt")
+            torch.save(model_state, tmp / "net.pt")
         atomic_write_bytes(self.output / "latest", ckdir.name.encode())
         self.save_embedding_cache()
         old = sorted((self.output / "checkpoints").glob("step-*"))[: -self.recipe.log.keep_checkpoints]
@@ -489,8 +534,15 @@ class Trainer:
         ckdir = self.output / "checkpoints" / name
         try:
             state = _load_pt(ckdir / STATE_NAME)
-            self.net.load_state_dict(_load_pt(ckdir / "net.pt"))
-            self.opt.load_state_dict(state["optimizer"])
+            if self.fsdp:  # full (unsharded) states, as saved; each rank keeps its shard
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+                opts = StateDictOptions(full_state_dict=True)
+                set_model_state_dict(self.net, _load_pt(ckdir / "net.pt"), options=opts)
+                set_optimizer_state_dict(self.net, self.opt, state["optimizer"], options=opts)
+            else:
+                self.net.load_state_dict(_load_pt(ckdir / "net.pt"))
+                self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
             self.sampler.set_state(_rng_from_list(state["sampler_rng"]))
@@ -533,6 +585,8 @@ def _recipe_fingerprint(recipe: Recipe) -> str:
     d = recipe.to_dict()
     for volatile in ("steps", "time_budget_s", "threads"):
         d["train"].pop(volatile, None)
+    if d["train"].get("distributed") == "ddp":  # the default leaves the fingerprints of earlier runs unchanged
+        d["train"].pop("distributed")
     d.pop("log", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -644,8 +698,10 @@ def run_training(recipe: Recipe, output: Path, resume: bool = False, force: bool
     if stopped != "nan":
         if trainer.step != last_ckpt_step:
             trainer.save_state(seconds)
-        if rank == 0 and trainer.step >= total_steps:
-            final = trainer.save_artifact(output / "final", seconds, force=True)
+        if trainer.step >= total_steps:
+            state = trainer.full_state()[0] if trainer.fsdp else None  # collective under FSDP
+            if rank == 0:
+                final = trainer.save_artifact(output / "final", seconds, force=True, state=state)
     if world > 1:
         torch.distributed.barrier()
     return TrainResult(output, trainer.step, final, metrics_path, last_loss, seconds, stopped)
