@@ -522,7 +522,8 @@ def test_convert_refuses_existing_output_and_bad_sources(runner, cli_app, tmp_pa
     # a native checkpoint converts too (e.g. to bf16), its provenance kept
     again = _convert(runner, cli_app, out, tmp_path / "o4", "--dtype", "bf16")
     assert again["source_format"] == "native"
-    assert json.loads((tmp_path / "o4" / "t2l_config.json").read_text())["training"]["source_training"]["source_format"] == "sakana-official"
+    prov = json.loads((tmp_path / "o4" / "t2l_config.json").read_text())["training"]
+    assert prov["source_format"] == "native" and prov["previous_conversion"]["source_format"] == "sakana-official"
 
 
 # ------------------------------------------------------------------------------------- description handling (gte)

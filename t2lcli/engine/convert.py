@@ -82,8 +82,15 @@ def convert_checkpoint(source: str, output: Path, dtype: str = "fp32", force: bo
     n_dropped = sum(v.numel() for k, v in state.items() if k.split(".", 1)[0] in dropped)
     prov = dict(ckpt.provenance)
     if ckpt.format != "official":
-        prov = {"source": str(ckpt.path.resolve()) if ckpt.path else None, "source_format": ckpt.format,
-                "source_sha256": ckpt.sha256, "source_training": ckpt.provenance}
+        # a native source keeps its training provenance at the top level (what `t2l inspect` and tests read);
+        # the conversion is recorded beside it. The source path is recorded as given (no absolute local path).
+        conv_keys = {"source", "source_format", "source_sha256", "source_training", "hypermod_sha256", "converted_by",
+                     "converted_dtype", "dropped_buffers", "dropped_values", "previous_conversion"}
+        prov = {**{k: v for k, v in ckpt.provenance.items() if k not in conv_keys},
+                "source": source, "source_format": ckpt.format, "source_sha256": ckpt.sha256}
+        earlier = {k: v for k, v in ckpt.provenance.items() if k in conv_keys}
+        if earlier:  # the source was itself converted (e.g. official -> native fp32 -> bf16)
+            prov["previous_conversion"] = earlier
     prov.update({
         "converted_by": f"t2l {__version__}",
         "converted_dtype": str(DTYPES[dtype]).replace("torch.", ""),
