@@ -75,7 +75,7 @@ def test_multitask_lora_baseline_is_a_peft_adapter():
 
 @pytest.mark.slow
 def test_demo_preview_changes_the_answer(tmp_path):
-    """make demo's command on the real SmolLM2: base vs adapted output on a held-out task's input."""
+    """make demo's command on the real SmolLM2: base vs adapted output on an input of a held-out task (disfl. QA)."""
     import os
     import subprocess
     import sys
@@ -90,3 +90,4 @@ def test_demo_preview_changes_the_answer(tmp_path):
     doc = json.loads(r.stdout.strip().splitlines()[-1])
     prev = doc["preview"]
     assert prev["base"] != prev["adapted"]
+    assert "largest city of australia" in prev["adapted"].lower()  # the held-out task done: the fluent question
