@@ -269,7 +269,21 @@ class HyperLoRA(nn.Module):
         return self.mlp1(self.mixer(x))
 
     def _tail(self, u: torch.Tensor, module: str) -> torch.Tensor:
-        return self.heads[module](self.mlp3(u))
+        x = self.mlp3(u)
+        head = self.heads[module]
+        if torch.is_grad_enabled() or x.device.type != "cpu":
+            return head(x)
+        # inference on the CPU: x @ Wᵀ with Wᵀ stored contiguous is ~25% faster in MKL than linear() for the few
+        # rows of one description (30 layers x 512 -> 9216 for SmolLM2's q_proj head); cached per weight version
+        w = head.weight
+        key = (w.data_ptr(), w._version, w.dtype)
+        cache = self.__dict__.setdefault("_head_t", {})
+        if cache.get(module, (None,))[0] != key:
+            cache[module] = (key, w.detach().t().contiguous())
+        wt = cache[module][1]
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.addmm(head.bias, flat, wt) if head.bias is not None else flat @ wt
+        return out.view(*x.shape[:-1], wt.shape[1])
 
     def _rope(self, x: torch.Tensor) -> torch.Tensor:
         """Rotate [..., r, latent] over the r positions (rotate-half form, base 10000)."""
