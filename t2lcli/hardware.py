@@ -68,10 +68,10 @@ def list_profiles() -> list[str]:
 
 
 def _read_yaml(path: Path) -> Any:
-    from t2lcli.safe_yaml import YamlError, load_yaml
+    from t2lcli.safe_yaml import MAX_BYTES, YamlError, load_yaml
 
     try:
-        if path.stat().st_size > 1_000_000:
+        if path.stat().st_size > MAX_BYTES:
             raise ProfileError(f"profile {path} is larger than 1 MB; refusing to parse it")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -22,6 +22,7 @@ from t2lcli.errors import show_value
 
 VARIANTS = ("L", "M", "S")
 MAX_SIZE = 1 << 20  # any single size (a sanity bound on configs read from files; real ones are <= 65536)
+HEAD_T_CACHE_MAX = 16 << 20  # heads up to 16M values (64 MiB in fp32) keep a transposed copy for CPU inference
 
 
 @dataclass
@@ -271,11 +272,12 @@ class HyperLoRA(nn.Module):
     def _tail(self, u: torch.Tensor, module: str) -> torch.Tensor:
         x = self.mlp3(u)
         head = self.heads[module]
-        if torch.is_grad_enabled() or x.device.type != "cpu":
+        w = head.weight
+        if torch.is_grad_enabled() or x.device.type != "cpu" or w.numel() > HEAD_T_CACHE_MAX:
             return head(x)
         # inference on the CPU: x @ Wᵀ with Wᵀ stored contiguous is ~25% faster in MKL than linear() for the few
-        # rows of one description (30 layers x 512 -> 9216 for SmolLM2's q_proj head); cached per weight version
-        w = head.weight
+        # rows of one description (30 layers x 512 -> 9216 for SmolLM2's q_proj head); cached per weight version.
+        # The copy costs the head's size again, so large heads (Llama-8B's are 134M values) are not cached.
         key = (w.data_ptr(), w._version, w.dtype)
         cache = self.__dict__.setdefault("_head_t", {})
         if cache.get(module, (None,))[0] != key:

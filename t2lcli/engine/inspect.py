@@ -446,27 +446,28 @@ def similarity(paths: list[str], space: str = "delta_w", trust_remote_code: bool
         emb, metas, _ = _embeddings(folders, trust_remote_code)
         gram = emb.double() @ emb.double().T
     elif space == "delta_w":
-        gram = _delta_gram(folders)
-        metas = [_load_meta(f) for f in folders]
+        gram, metas = _delta_gram(folders)
     else:
         raise InputError(f"unknown --space '{space}'", hint="use delta_w (default) or embedding")
     m = _cosine(gram)
     result = {"kind": "similarity", "space": space, "names": _names(folders), "paths": [str(p) for p in folders],
               "matrix": [[round(float(x), 4) for x in row] for row in m]}
-    labels = [_label_of(f, meta) for f, meta in zip(folders, metas, strict=True)]
-    by = "task"
-    if any(lab is None for lab in labels):
-        labels, by = [f.parent.name for f in folders], "task folder"
-    groups = _group_summary(m, _cosine(_center(gram)), labels, by)
+    grouping = _task_labels(folders, metas)
+    groups = _group_summary(m, _cosine(_center(gram)), *grouping) if grouping else None
     if groups is not None:
         result["groups"] = groups
     return result
 
 
-def _load_meta(folder: Path) -> dict[str, Any]:
-    from t2lcli.engine.adapters import read_adapter_meta
-
-    return read_adapter_meta(folder)
+def _task_labels(folders: list[Path], metas: list[dict[str, Any]]) -> tuple[list[str], str] | None:
+    """Each adapter's task: its card's task/label when every adapter has one, else its folder when the adapters
+    come from several folders (`t2l generate --from-file` output per task); None when neither tells them apart."""
+    labels = [_label_of(f, m) for f, m in zip(folders, metas, strict=True)]
+    if all(lab is not None for lab in labels):
+        return [str(lab) for lab in labels], "task"
+    if len({f.parent for f in folders}) > 1:
+        return [f.parent.name for f in folders], "task folder"
+    return None
 
 
 def _cosine(gram: torch.Tensor) -> torch.Tensor:
@@ -506,9 +507,11 @@ def _load_blocks(folder: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tens
     return _blocks(ad), ad.meta
 
 
-def _delta_gram(folders: list[Path]) -> torch.Tensor:
-    """G[i, j] = <ΔW_i, ΔW_j>_F summed over blocks; a block missing from one adapter contributes 0."""
-    loaded = [_load_blocks(f)[0] for f in folders]
+def _delta_gram(folders: list[Path]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """(G, metas): G[i, j] = <ΔW_i, ΔW_j>_F summed over blocks (a block missing from one adapter contributes 0),
+    and each adapter's card metadata."""
+    pairs = [_load_blocks(f) for f in folders]
+    loaded = [blocks for blocks, _ in pairs]
     for i, blocks in enumerate(loaded[1:], start=1):
         for key in set(blocks) & set(loaded[0]):
             (a0, b0), (a1, b1) = loaded[0][key], blocks[key]
@@ -528,7 +531,7 @@ def _delta_gram(folders: list[Path]) -> torch.Tensor:
                 a2, b2 = loaded[j][key]
                 total += float(((b1.T.double() @ b2.double()) * (a1.double() @ a2.double().T)).sum())
             g[i, j] = g[j, i] = total
-    return g
+    return g, [meta for _, meta in pairs]
 
 
 def _embeddings(folders: list[Path], trust_remote_code: bool) -> tuple[torch.Tensor, list[dict[str, Any]], str]:
@@ -661,13 +664,9 @@ def plot_projection(paths: list[str], out: Path, space: str = "delta_w", cluster
         feats = torch.stack(rows)
         method = f"PCA of flattened ΔW (Gaussian sketch {SKETCH}x{SKETCH} per block)"
     coords, var = _pca2(feats)
-    labels = [_label_of(f, m) for f, m in zip(folders, metas, strict=True)]
-    parents = {f.parent for f in folders}
-    if all(lab is not None for lab in labels):
-        label_kind = "task"
-    elif len(parents) > 1:
-        labels = [f.parent.name for f in folders]
-        label_kind = "task folder"
+    grouping = _task_labels(folders, metas)
+    if grouping:
+        labels, label_kind = grouping
     else:
         k = clusters or max(2, min(8, round(math.sqrt(len(folders)))))
         k = min(k, len(folders))

@@ -224,11 +224,7 @@ class Trainer:
             lora_alpha=hs.lora_alpha, seed=tr.seed, dropout=hs.dropout,
         )
         self.scaling = self.ckpt.config.scaling
-        if r.mode == "lora":
-            dims = {m: [s.d_in, s.d_out] for m, s in self.shape.modules.items()}
-            self.net: nn.Module = FixedLoRA(self.shape.n_layers, dims, hs.r, tr.seed)
-        else:
-            self.net = self.ckpt.hypernet
+        self.net: nn.Module = self._fresh_lora() if r.mode == "lora" else self.ckpt.hypernet
         self.net.to(device).train()
         self.ddp_net = self.net
         self.fsdp = self.world > 1 and tr.distributed == "fsdp"
@@ -455,22 +451,18 @@ class Trainer:
             return get_model_state_dict(self.net, options=opts), get_optimizer_state_dict(self.net, self.opt, options=opts)
         return {k: v.detach().cpu() for k, v in self.net.state_dict().items()}, self.opt.state_dict()
 
+    def _fresh_lora(self) -> FixedLoRA:
+        dims = {m: [s.d_in, s.d_out] for m, s in self.shape.modules.items()}
+        return FixedLoRA(self.shape.n_layers, dims, self.recipe.hypernet.r, self.recipe.train.seed)
+
     def _plain_net(self, state: dict[str, torch.Tensor] | None) -> nn.Module:
         """The trained module with ordinary tensors (a fresh copy holding the gathered state under FSDP)."""
         if not self.fsdp:
             return self.net
-        import copy
+        from t2lcli.engine.hypernet import HyperLoRA
 
-        hs = self.recipe.hypernet
-        if self.recipe.mode == "lora":
-            dims = {m: [s.d_in, s.d_out] for m, s in self.shape.modules.items()}
-            plain: nn.Module = FixedLoRA(self.shape.n_layers, dims, hs.r, self.recipe.train.seed)
-        else:
-            from t2lcli.engine.checkpoint import build_checkpoint
-
-            plain = build_checkpoint(self.shape, self.enc_spec, self.recipe.base_model, variant=hs.variant, latent=hs.latent,
-                                     head_in=hs.head_in, r=hs.r, lora_alpha=hs.lora_alpha, seed=0, dropout=hs.dropout).hypernet
-        plain.load_state_dict(copy.copy(state or self.full_state()[0]))
+        plain: nn.Module = self._fresh_lora() if self.recipe.mode == "lora" else HyperLoRA(self.ckpt.config)
+        plain.load_state_dict(state if state is not None else self.full_state()[0])
         return plain
 
     def save_artifact(self, folder: Path, seconds: float, force: bool = True, state: dict[str, torch.Tensor] | None = None) -> Path:
@@ -497,14 +489,15 @@ class Trainer:
         ckpt = self.ckpt if net is self.net else replace(self.ckpt, hypernet=net)
         return save_checkpoint(ckpt, folder, force=force, training=self.provenance(seconds))
 
-    def save_state(self, seconds: float) -> None:
+    def save_state(self, seconds: float) -> dict[str, torch.Tensor] | None:
         """Checkpoint + trainer state, atomically; `latest` points at the newest complete one. Every rank calls it
-        (under FSDP gathering the state is a collective); rank 0 writes."""
+        (under FSDP gathering the state is a collective); rank 0 writes. Returns the gathered model state (None on
+        ranks that had nothing to gather)."""
         if self.rank != 0 and not self.fsdp:
-            return
+            return None
         model_state, optim_state = self.full_state()
         if self.rank != 0:
-            return
+            return model_state
         ckdir = self.output / "checkpoints" / f"step-{self.step:07d}"
         with atomic_dir(ckdir, force=True) as tmp:
             self.save_artifact(tmp / "model", seconds, state=model_state)
@@ -523,6 +516,7 @@ class Trainer:
         old = sorted((self.output / "checkpoints").glob("step-*"))[: -self.recipe.log.keep_checkpoints]
         for o in old:
             shutil.rmtree(o, ignore_errors=True)
+        return model_state
 
     def load_state(self) -> float:
         latest = self.output / "latest"
@@ -696,10 +690,10 @@ def run_training(recipe: Recipe, output: Path, resume: bool = False, force: bool
     seconds = elapsed0 + time.perf_counter() - t_start
     final = None
     if stopped != "nan":
-        if trainer.step != last_ckpt_step:
-            trainer.save_state(seconds)
+        state = trainer.save_state(seconds) if trainer.step != last_ckpt_step else None
         if trainer.step >= total_steps:
-            state = trainer.full_state()[0] if trainer.fsdp else None  # collective under FSDP
+            if trainer.fsdp and state is None:  # gathering is a collective under FSDP; done once
+                state = trainer.full_state()[0]
             if rank == 0:
                 final = trainer.save_artifact(output / "final", seconds, force=True, state=state)
     if world > 1:
