@@ -95,3 +95,47 @@ def test_matches_transformers_on_minilm() -> None:
     long = "Classify the sentiment of a movie review as positive or negative; café naïve 東京. " * 12
     assert _compare(folder, [*TEXTS, long]) < 1e-5
     assert _compare(folder, [*TEXTS, long], max_length=32) < 1e-5
+
+
+def test_param_count_matches_the_model(tiny_encoder_dir: Path) -> None:
+    import json
+
+    from t2lcli.engine import bert
+
+    config = json.loads((tiny_encoder_dir / "config.json").read_text())
+    model = bert.load_bert(tiny_encoder_dir)
+    assert bert.param_count(config) == sum(p.numel() for p in model.parameters())
+    from t2lcli.engine.bench import GTE_LARGE_PROXY
+
+    assert 420e6 < bert.param_count(GTE_LARGE_PROXY) < 440e6  # gte-large-en-v1.5: 434M
+
+
+def test_auto_dtype_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from t2lcli.engine import encoder
+
+    monkeypatch.setattr(encoder, "native_cpu_bf16", lambda: True)
+    assert encoder.auto_dtype("cpu", 434_000_000) is torch.bfloat16
+    assert encoder.auto_dtype("cpu", 22_700_000) is torch.float32  # MiniLM stays fp32 everywhere
+    monkeypatch.setattr(encoder, "native_cpu_bf16", lambda: False)
+    assert encoder.auto_dtype("cpu", 434_000_000) is torch.float32  # emulated bf16 would be slower
+
+
+def test_encoder_dtype_reaches_the_encoder(tiny_encoder_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from t2lcli.engine import encoder
+    from t2lcli.engine.encoder import TextEncoder, encoder_spec_for
+
+    spec = encoder_spec_for(str(tiny_encoder_dir))
+    monkeypatch.setattr(encoder, "AUTO_BF16_MIN_PARAMS", 1)  # the tiny encoder counts as large
+    monkeypatch.setattr(encoder, "native_cpu_bf16", lambda: True)
+    auto = TextEncoder(spec, dtype="auto")
+    assert auto.dtype is torch.bfloat16 and next(auto.model.parameters()).dtype is torch.bfloat16
+    ref = TextEncoder(spec).embed(TEXTS)
+    got = auto.embed(TEXTS)
+    assert got.dtype is torch.float32
+    assert torch.nn.functional.cosine_similarity(ref, got).min() > 0.99
+    monkeypatch.setattr(encoder, "native_cpu_bf16", lambda: False)
+    assert TextEncoder(spec, dtype="auto").dtype is torch.float32

@@ -266,3 +266,16 @@ def test_non_finite_adapter_is_refused_per_item(runner, cli_app, tiny_checkpoint
     res = runner.invoke(cli_app, ["generate", "Sort the words.", "-c", str(tiny_checkpoint_dir), "--scale", "1e40", "-o", str(tmp_path / "o")])
     assert res.exit_code == 1 and "NaN/Inf" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_profile_encoder_dtype_reaches_generation(runner, cli_app, tiny_checkpoint_dir, tmp_path):
+    import json
+
+    outs = {}
+    for dtype in ("float32", "bfloat16", "auto"):
+        out = tmp_path / dtype
+        res = runner.invoke(cli_app, ["generate", "answer math word problems step by step", "-c", str(tiny_checkpoint_dir),
+                                      "-o", str(out), "--set", f"encoder.dtype={dtype}"])
+        assert res.exit_code == 0, res.output
+        outs[dtype] = json.loads((out / "t2l_adapter.json").read_text())["encoder_dtype"]
+    assert outs == {"float32": "float32", "bfloat16": "bfloat16", "auto": "float32"}  # auto keeps a tiny encoder in fp32

@@ -95,3 +95,26 @@ def test_official_golden(case):
     assert set(tensors) == set(golden)
     for k, v in golden.items():
         assert torch.allclose(tensors[k], v, atol=1e-5), k
+
+
+@pytest.mark.parametrize("variant", ["L", "M", "S"])
+def test_layer_subset_matches_the_full_result_with_offsets(variant):
+    """All layers use the A/B offsets as stored (no gather); a subset gathers them: both give the same numbers."""
+    torch.manual_seed(0)
+    cfg = HyperNetConfig(variant=variant, emb_dim=16, latent=32, head_in=24, r=2, n_layers=5,
+                         target_modules=["q_proj", "v_proj"], module_dims={"q_proj": [12, 12], "v_proj": [12, 6]}, ab_offset=True)
+    net = HyperLoRA(cfg).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_()
+        z = net.encode(torch.randn(3, 16))
+        for m in cfg.target_modules:
+            a, b = net.generate_module(z, m)
+            layers = torch.tensor([4, 1])
+            sa, sb = net.generate_module(z, m, layers)
+            assert torch.allclose(sa, a[:, layers], atol=1e-5) and torch.allclose(sb, b[:, layers], atol=1e-5)
+            ra, rb = net.generate_module(z, m, torch.arange(5).flip(0))  # all layers, another order: gathered
+            assert torch.allclose(ra, a.flip(1), atol=1e-5) and torch.allclose(rb, b.flip(1), atol=1e-5)
+            net.AB_offset["A"][m].zero_()
+            za, _ = net.generate_module(z, m)
+            assert not torch.allclose(za, a)  # the offset was really added

@@ -332,7 +332,8 @@ def run_bench(req: BenchRequest, profile: Profile) -> dict[str, Any]:
     loads = []
     for _ in range(max(1, min(3, req.runs))):
         t0 = time.perf_counter()
-        gen = Generator.load(ckpt_path, device=device, dtype=profile.hypernet.dtype, encoder_device=enc_device)
+        gen = Generator.load(ckpt_path, device=device, dtype=profile.hypernet.dtype, encoder_device=enc_device,
+                             encoder_dtype=profile.encoder.dtype)
         loads.append((time.perf_counter() - t0) * 1000)
     stages["checkpoint_load"] = round(statistics.median(loads), 3)
     t0 = time.perf_counter()
@@ -806,7 +807,7 @@ def plan_memory(shape_name: str, profile: Profile, context: int = 2048, batch: i
         f"{variant} {hcfg.latent}/{hcfg.head_in}: {hparams / 1e6:.2f}M params (+{zero / 1e6:.2f}M zero offsets) x {hdt} B",
         profile.hypernet.device.startswith(("cuda", "auto")))
     enc_params = 434_000_000 if "gte" in shape["encoder"] else 22_700_000
-    edt = _BYTES.get(profile.encoder.dtype, 4)
+    edt = _BYTES.get(profile.encoder.dtype, 2 if profile.encoder.device.startswith("cuda") else 4)  # auto: bf16 on CUDA, at most fp32
     add("text encoder", enc_params * edt, f"{shape['encoder']}: {enc_params / 1e6:.0f}M params x {edt} B ({profile.encoder.device})",
         profile.encoder.device.startswith(("cuda", "auto")))
     h, nh = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
@@ -865,12 +866,8 @@ def measure_memory(shape_name: str, profile: Profile, context: int = 2048, batch
             model = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype, quantization_config=qconf, device_map="cuda")
     model.eval()
     path, _ = build_shapes_checkpoint(shape_name, "L")
-    gen = Generator.load(str(path), device=profile.hypernet.device, dtype=profile.hypernet.dtype, encoder_device=profile.encoder.device)
-    from t2lcli.engine.base_model import resolve_device
-    from t2lcli.engine.encoder import TextEncoder
-
-    # the encoder in the profile's dtype (the plan counts it so); Generator's lazy encoder would default to fp32
-    gen._encoder = TextEncoder(gen.ckpt.encoder, device=resolve_device(profile.encoder.device), dtype=torch_dtype(profile.encoder.dtype))
+    gen = Generator.load(str(path), device=profile.hypernet.device, dtype=profile.hypernet.dtype, encoder_device=profile.encoder.device,
+                         encoder_dtype=profile.encoder.dtype)  # the encoder in the profile's dtype, as the plan counts it
     adapter = gen.generate([DESCRIPTIONS[0]])[0]
     ids = torch.randint(0, int(cfg["vocab_size"]), (b, context), device="cuda")
     with torch.no_grad(), apply_adapter(model, adapter):

@@ -116,6 +116,13 @@ def _legacy(key: str) -> str:
     return key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
 
 
+def param_count(config: dict[str, Any]) -> int:
+    """Parameters of a `BertEncoder` with this config, from the sizes alone (no weights read)."""
+    h, inter, n = int(config["hidden_size"]), int(config["intermediate_size"]), int(config["num_hidden_layers"])
+    emb = (int(config["vocab_size"]) + int(config.get("max_position_embeddings", 512)) + int(config.get("type_vocab_size", 2)) + 2) * h
+    return emb + n * (4 * (h * h + h) + 2 * h * inter + inter + h + 4 * h)
+
+
 def load_bert(folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> BertEncoder:
     """Build a `BertEncoder` on the meta device and assign the weights from `model.safetensors` (strict).
 

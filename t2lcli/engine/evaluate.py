@@ -902,7 +902,8 @@ def run_eval(req: EvalRequest, profile: Profile, on_row: Any = None) -> dict[str
         from t2lcli.engine.generate import Generator
 
         generator = Generator.load(req.checkpoint, device=profile.hypernet.device, dtype=profile.hypernet.dtype,
-                                   encoder_device=profile.encoder.device, trust_remote_code=req.trust_remote_code)
+                                   encoder_device=profile.encoder.device, trust_remote_code=req.trust_remote_code,
+                                   encoder_dtype=profile.encoder.dtype)
         c = generator.ckpt
         ckpt_prov = {"spec": req.checkpoint or "default", "path": str(c.path) if c.path else None, "sha256": c.sha256, "format": c.format,
                      "base_model": c.base_model, "encoder": c.encoder.model, "scaling": req.scaling,

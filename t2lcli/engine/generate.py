@@ -45,22 +45,25 @@ class Timings:
 class Generator:
     """A loaded checkpoint plus (lazily) its text encoder."""
 
-    def __init__(self, ckpt: T2LCheckpoint, device: str = "cpu", encoder_device: str = "cpu", trust_remote_code: bool = False) -> None:
+    def __init__(self, ckpt: T2LCheckpoint, device: str = "cpu", encoder_device: str = "cpu", trust_remote_code: bool = False,
+                 encoder_dtype: str = "float32") -> None:
         self.ckpt = ckpt
         self.device = device
         self.encoder_device = encoder_device
         self.trust_remote_code = trust_remote_code
+        self.encoder_dtype = encoder_dtype  # a profile dtype name; "auto" picks by device and encoder size
         self._encoder: Any = None
         self._warned_scaling = False
         self.timings = Timings()
 
     @classmethod
     def load(cls, spec: str | Path | None = None, device: str = "cpu", dtype: str = "float32", encoder_device: str = "cpu",
-             trust_remote_code: bool = False) -> Generator:
+             trust_remote_code: bool = False, encoder_dtype: str = "float32") -> Generator:
         from t2lcli.engine.base_model import resolve_device, torch_dtype
 
         device = resolve_device(device)
-        return cls(load_checkpoint(spec, device=device, dtype=torch_dtype(dtype)), device, resolve_device(encoder_device), trust_remote_code)
+        return cls(load_checkpoint(spec, device=device, dtype=torch_dtype(dtype)), device, resolve_device(encoder_device), trust_remote_code,
+                   encoder_dtype)
 
     @property
     def encoder(self) -> Any:
@@ -71,7 +74,9 @@ class Generator:
 
             # only the user grants remote code (--trust-remote-code); a value stored in a checkpoint never does
             spec = replace(self.ckpt.encoder, trust_remote_code=self.trust_remote_code)
-            self._encoder = TextEncoder(spec, device=self.encoder_device)
+            from t2lcli.engine.base_model import torch_dtype
+
+            self._encoder = TextEncoder(spec, device=self.encoder_device, dtype=torch_dtype(self.encoder_dtype))
         return self._encoder
 
     def embed(self, descriptions: list[str]) -> torch.Tensor:
@@ -139,6 +144,8 @@ class Generator:
                 "checkpoint_format": self.ckpt.format,
                 "encoder": self.ckpt.encoder.model,
             }
+            if self._encoder is not None:
+                meta["encoder_dtype"] = str(self._encoder.dtype).removeprefix("torch.")
             result.append(Adapter(dict(config), tensors, meta))
         return result
 

@@ -340,8 +340,11 @@ class HyperLoRA(nn.Module):
                 a, b = a / s, b / s
                 return a, b
         if c.ab_offset:
-            a = a + self.AB_offset["A"][module][layers].to(a.dtype)
-            b = b + self.AB_offset["B"][module][layers].to(b.dtype)
+            off_a, off_b = self.AB_offset["A"][module], self.AB_offset["B"][module]
+            if layers.numel() != c.n_layers or not torch.equal(layers.cpu(), torch.arange(c.n_layers)):
+                off_a, off_b = off_a[layers], off_b[layers]  # a subset: gather (a copy); all layers: the tensors as they are
+            a = a + off_a.to(a.dtype)
+            b = b + off_b.to(b.dtype)
         return a, b
 
     def forward(self, emb: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -356,7 +356,7 @@ def mix_descriptions(
 
     gen = Generator.load(
         checkpoint, device=profile.hypernet.device, dtype=profile.hypernet.dtype, encoder_device=profile.encoder.device,
-        trust_remote_code=trust_remote_code,
+        trust_remote_code=trust_remote_code, encoder_dtype=profile.encoder.dtype,
     )
     check_base_matches(gen.ckpt, base_model)
     emb = gen.embed(descriptions)
