@@ -48,7 +48,7 @@ def markdown(reports: list[dict]) -> str:
     lines = [
         f"Measured {reports[0]['date'][:10]} on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads, load average "
         f"{m['loadavg'][0] if m['loadavg'] else '?'} at start), torch {m['torch']}, GPU: {m['gpu'] or 'none'}; CPU profile, fp32 "
-        "hypernetwork, random weights of the official sizes. Latencies in ms (p50 / p95 / p99).",
+        "hypernetwork (text encoder dtype per row: the profile's `auto`), random weights of the official sizes. Latencies in ms (p50 / p95 / p99).",
         "",
         "| shapes | hypernet | warm (in memory) | cold `t2l generate` | adapters/s (batch) | peak RSS cold | load the base | vs warm | prompt tokens desc / 3-shot |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -59,7 +59,7 @@ def markdown(reports: list[dict]) -> str:
         base = "-" if lb is None else f"{lb['full_load_s']:.1f} s{' (extrap.)' if lb['extrapolated'] else ''}"
         ratio = "-" if lb is None else f"{lb['ratio_vs_warm']:.0f}x"
         lines.append(
-            f"| {c['shapes']} | {c['variant']} {c['latent']}/{c['head_in']}, {c['hypernet_params'] / 1e6:.1f}M | "
+            f"| {c['shapes']} | {c['variant']} {c['latent']}/{c['head_in']}, {c['hypernet_params'] / 1e6:.1f}M; encoder {c.get('encoder_dtype', '?')} | "
             f"{fmt(w['p50'])} / {fmt(w['p95'])} / {fmt(w['p99'])} | "
             + ("-" if cold is None else f"{fmt(cold['p50'], digits=0)} / {fmt(cold['p95'], digits=0)} / {fmt(cold['p99'], digits=0)}")
             + f" | {thr} | {fmt(r['memory']['cold_generate_peak_rss_mb'], ' MiB', 0)} | {base} | "
@@ -80,7 +80,7 @@ def markdown(reports: list[dict]) -> str:
     for n in sorted(notes):
         lines += ["", f"gte-large encoder: {n}."]
     lines += ["", "Load the base: a fresh process imports transformers and loads a random base of the real shapes in bf16 with "
-              "`from_pretrained`, then reads every weight page once (page cache warm: a lower bound); bases over 3 GiB are loaded at depths 1 and 4 and extrapolated "
+              "`from_pretrained`, then copies every weight byte once, as a first forward pass reads them (page cache warm: a lower bound on a read from disk); bases over 3 GiB are loaded at depths 1 and 4 and extrapolated "
               "to full depth (method per row in the JSON: `estimate`). Raw numbers: `benchmarks/results.json`."]
     return "\n".join(lines) + "\n"
 

@@ -102,7 +102,7 @@ def _print_report(r: dict) -> None:
               f"torch {m['torch']}  ·  GPU: {m['gpu'] or 'none'}  ·  load avg {m['loadavg']}")
     what = f"shapes {c['shapes']}" if c["shapes"] else f"checkpoint {c['checkpoint']}"
     out.print(f"{what}  ·  variant {c['variant']} {c['latent']}/{c['head_in']} ({c['hypernet_params'] / 1e6:.2f}M params)  ·  "
-              f"encoder {c['encoder']}  ·  base {c['base_model']}  ·  {c['device']} {c['dtype']}")
+              f"encoder {c['encoder']} ({c.get('encoder_dtype', '?')})  ·  base {c['base_model']}  ·  {c['device']} {c['dtype']}")
     if c.get("encoder_note"):
         out.print(f"[dim]encoder: {c['encoder_note']}[/dim]")
     t = Table(title="stages (median)", title_justify="left")

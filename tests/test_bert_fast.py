@@ -139,3 +139,26 @@ def test_encoder_dtype_reaches_the_encoder(tiny_encoder_dir: Path, monkeypatch: 
     assert torch.nn.functional.cosine_similarity(ref, got).min() > 0.99
     monkeypatch.setattr(encoder, "native_cpu_bf16", lambda: False)
     assert TextEncoder(spec, dtype="auto").dtype is torch.float32
+
+
+def test_converting_reader_matches_load_file(tmp_path: Path, tiny_encoder_dir: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from t2lcli.engine import bert
+    from t2lcli.engine.fastload import load_safetensors_as
+
+    src = {"w": torch.randn(3, 5), "h": torch.randn(7, dtype=torch.float16), "ids": torch.arange(4), "flag": torch.tensor([True, False])}
+    path = tmp_path / "m.safetensors"
+    save_file(src, str(path))
+    got = load_safetensors_as(path, torch.bfloat16)
+    for k, v in load_file(str(path)).items():
+        want = v.to(torch.bfloat16) if v.is_floating_point() else v
+        assert got[k].dtype == want.dtype and torch.equal(got[k], want), k
+    path.write_bytes(path.read_bytes()[:-3])  # truncated data: an error, not garbage
+    with pytest.raises(ValueError):
+        load_safetensors_as(path, torch.bfloat16)
+    converted = bert.load_bert(tiny_encoder_dir, dtype=torch.bfloat16)
+    reference = bert.load_bert(tiny_encoder_dir).to(torch.bfloat16)
+    for (name, a), (_, b) in zip(converted.state_dict().items(), reference.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

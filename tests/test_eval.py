@@ -755,3 +755,92 @@ def test_sni_prompt_input_only():
     t = EvalTask(name="sni:t", family="sni", output_type="generate_until", metric="rougeL", filter="none", eval_split="test", meta={"definition": "Do X."})
     assert _build_sni(t, TaskOptions(sni_prompt="input"))["doc_to_text"]({"input": "hello"}) == "hello"
     assert _build_sni(t, TaskOptions())["doc_to_text"]({"input": "hello"}).startswith("Do X.")
+
+
+def _fake_vllm(monkeypatch, request, calls: dict) -> None:
+    """Just enough of the `vllm` package for lm-eval's VLLM wrapper: an LLM that records its arguments and requests."""
+    import importlib.machinery
+    import sys
+    import types
+
+    from transformers import AutoTokenizer
+
+    def module(name: str, **attrs) -> types.ModuleType:
+        m = types.ModuleType(name)
+        m.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        m.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, name, m)
+        return m
+
+    class LLM:
+        def __init__(self, **kwargs):
+            calls["engines"].append(kwargs)
+            self.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=256))
+
+        def generate(self, prompts, sampling_params=None, use_tqdm=False, lora_request=None):
+            calls["generate"].append(lora_request)
+            done = types.SimpleNamespace(text=" 7", token_ids=[1], logprobs=None)
+            return [types.SimpleNamespace(outputs=[done], prompt_logprobs=None) for _ in prompts]
+
+    class LoRARequest:
+        def __init__(self, name, lora_id, path):
+            self.lora_name, self.lora_int_id, self.lora_path = name, lora_id, path
+
+    module("vllm", LLM=LLM, SamplingParams=lambda **kw: kw, TokensPrompt=lambda **kw: kw)
+    module("vllm.lora")
+    module("vllm.lora.request", LoRARequest=LoRARequest)
+    module("vllm.tokenizers", get_tokenizer=lambda name, **kw: AutoTokenizer.from_pretrained(name))
+    module("vllm.renderers")
+    module("vllm.renderers.hf", resolve_chat_template=lambda **kw: None)
+    module("vllm.entrypoints")
+    module("vllm.entrypoints.chat_utils", resolve_hf_chat_template=lambda **kw: None)
+    import importlib.metadata
+
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.6.0" if name == "vllm" else real_version(name))
+    wrapper = "lm_eval.models.vllm_causallms"
+    previous = sys.modules.pop(wrapper, None)
+    # lm-eval's wrapper is imported under the stand-in; afterwards it must not stay in sys.modules bound to it
+    request.addfinalizer(lambda: sys.modules.update({wrapper: previous}) if previous else sys.modules.pop(wrapper, None))
+
+
+def test_vllm_backend_one_engine_lora_requests_and_rank_check(tiny_checkpoint_dir, tiny_base_dir, tmp_path, monkeypatch, request):
+    """The vllm backend's plumbing, with a stand-in `vllm` (the real one needs a CUDA GPU): one engine whose LoRA
+    rank and cache sizes come from the adapters, every adapter a LoRA request on that engine (generated ones written
+    once as PEFT folders), base = no request, and a rank vLLM cannot serve refused before any engine starts."""
+    from t2lcli.engine import evaluate
+    from t2lcli.engine.adapters import Adapter
+    from t2lcli.engine.generate import Generator
+    from t2lcli.hardware import load_profile
+
+    calls: dict = {"engines": [], "generate": []}
+    _fake_vllm(monkeypatch, request, calls)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gen = Generator.load(tiny_checkpoint_dir)
+    a, b = gen.generate(["classify sentiment of reviews", "translate english to french"])
+    profile = load_profile("gpu-24gb")
+    backend = evaluate.VLLMBackend(tiny_base_dir, profile, [a, b], 0, False, tmp_path / "work")
+    assert len(calls["engines"]) == 1
+    engine = calls["engines"][0]
+    assert engine["enable_lora"] is True and engine["max_lora_rank"] == 8 >= a.r and engine["max_loras"] == 1
+    assert engine["max_cpu_loras"] == 2 and engine["model"] == str(tiny_base_dir)
+
+    requests = []
+    for variant in (evaluate.Variant("a", adapter=a), evaluate.Variant("b", adapter=b), evaluate.Variant("a again", adapter=a)):
+        handle = backend.activate(variant)
+        req = backend.lm.lora_request
+        requests.append((req.lora_name, req.lora_int_id, req.lora_path))
+        backend.lm._model_generate([[1, 2, 3]], generate=False)  # the scoring path (generation passes the same request)
+        assert calls["generate"][-1] is req  # the request reaches the engine's generate call
+        handle.remove()
+        assert backend.lm.lora_request is None
+    assert requests[0] == requests[2] and requests[0][1] != requests[1][1]  # one id per adapter, reused
+    for _, _, path in requests:
+        loaded = evaluate._load_dir_adapter(path)
+        assert loaded.r == a.r and set(loaded.tensors) == set(a.tensors)
+    assert backend.activate(evaluate.Variant("base")).remove() is None and backend.lm.lora_request is None
+
+    big = Adapter({**a.config, "r": 1024, "lora_alpha": 1024}, a.tensors, {})
+    with pytest.raises(evaluate.T2LError, match="vLLM supports LoRA ranks up to 512"):
+        evaluate.VLLMBackend(tiny_base_dir, profile, [big], 0, False, tmp_path / "work2")
+    assert len(calls["engines"]) == 1  # refused before an engine started
