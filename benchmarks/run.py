@@ -80,8 +80,8 @@ def markdown(reports: list[dict]) -> str:
     for n in sorted(notes):
         lines += ["", f"gte-large encoder: {n}."]
     lines += ["", "Load the base: a fresh process imports transformers and loads a random base of the real shapes in bf16 with "
-              "`from_pretrained`, then copies every weight byte once, as a first forward pass reads them (page cache warm: a lower bound on a read from disk); bases over 3 GiB are loaded at depths 1 and 4 and extrapolated "
-              "to full depth (method per row in the JSON: `estimate`). Raw numbers: `benchmarks/results.json`."]
+              "`from_pretrained`, then copies every weight byte once, as a first forward pass reads them (page cache warm: a lower bound on a read from disk); bases over 3 GiB are loaded at depth 4 "
+              "and scaled to full depth by bytes (from_pretrained as measured + reading time x full/sampled bytes; per row in the JSON: `estimate`). Raw numbers: `benchmarks/results.json`."]
     return "\n".join(lines) + "\n"
 
 

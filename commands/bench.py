@@ -28,7 +28,7 @@ def bench(
     runs: Annotated[int, typer.Option("--runs", "-n", help="Warm (in-process) repetitions.")] = 20,
     cold_runs: Annotated[int, typer.Option("--cold-runs", help="Fresh `t2l generate` processes (0 skips the cold measurement).")] = 5,
     batch: Annotated[str, typer.Option("--batch", "-b", help="Batch sizes for throughput, comma-separated.")] = "1,8,64",
-    baseline: Annotated[str, typer.Option("--baseline", help="Load-the-base baseline: auto (full up to 3 GiB, else depths 1 and 4 extrapolated), full, sampled or none.")] = "auto",
+    baseline: Annotated[str, typer.Option("--baseline", help="Load-the-base baseline: auto (full up to 3 GiB, else depth 4 scaled to full depth by bytes), full, sampled or none.")] = "auto",
     plan: Annotated[bool, typer.Option("--plan", help="Print the profile's GPU memory budget for --shapes instead of benchmarking.")] = False,
     measure: Annotated[bool, typer.Option("--measure", help="With --plan, on CUDA: load the real-shaped base and measure peak VRAM.")] = False,
     context: Annotated[int, typer.Option("--context", help="--plan: tokens per sequence for the KV cache and activations.")] = 2048,

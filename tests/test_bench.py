@@ -167,17 +167,18 @@ def test_bench_default_shapes_end_to_end(runner, cli_app) -> None:
 
 @pytest.mark.slow
 def test_baseline_extrapolates_large_bases(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Over the full-load limit the base is loaded at depths 1 and 4 and extrapolated to the full depth."""
+    """Over the full-load limit the base is loaded at depth 4 and scaled to full depth by bytes."""
     from t2lcli.engine import bench
 
     monkeypatch.setattr(bench, "FULL_BASE_LIMIT", 1)
-    res = bench.baseline_load_base("smollm2-135m", bench.load_shape("smollm2-135m")["config"], repeats=1)
-    assert res["extrapolated"] and res["depths"] == [1, 4]
-    if res["per_layer_s"] > 0:
-        assert res["full_load_s"] == pytest.approx(res["load_s"]["4"] + 26 * res["per_layer_s"], abs=2e-3)
-        assert res["estimate"].startswith("linear in depth")
-    else:
-        assert res["estimate"].startswith("depth 4 scaled by bytes") and res["full_load_s"] > res["load_s"]["4"]
+    cfg = bench.load_shape("smollm2-135m")["config"]
+    res = bench.baseline_load_base("smollm2-135m", cfg, repeats=1)
+    assert res["extrapolated"] and res["depths"] == [4]
+    counts = bench.base_param_counts(cfg)
+    sampled = (counts["total"] - 26 * counts["linears_per_layer"]) * 2
+    want = res["from_pretrained_s"] + res["read_s"] * res["base_bytes"] / sampled
+    assert res["full_load_s"] == pytest.approx(want, abs=2e-3) and res["full_load_s"] > res["load_s"]["4"]
+    assert res["read_gib_per_s"] > 0 and res["estimate"].startswith("depth 4 measured")
 
 
 @pytest.mark.gpu
@@ -187,3 +188,14 @@ def test_measure_matches_plan_within_10_percent() -> None:
 
     res = measure_memory("llama-3.1-8b", load_profile("gpu-24gb"), context=2048)
     assert abs(res["relative_error"]) <= 0.10, res
+
+
+def test_prompt_tokens_are_not_truncated_by_a_stand_in_tokenizer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With no decoder tokenizer offline the count falls back to MiniLM's WordPiece, whose tokenizer.json truncates
+    at 128 tokens: the 3-shot prompt must still be counted in full."""
+    from t2lcli.engine import bench
+
+    monkeypatch.setattr("t2lcli.engine.base_model.converted_dir", lambda entry: tmp_path / "nothing-here")
+    prompt = bench.baseline_prompt(None, str(tmp_path / "no-base"), None)
+    assert prompt["tokenizer"] == "all-minilm-l6-v2"
+    assert prompt["icl_3shot_tokens"] > 128 and prompt["icl_3shot_tokens"] > prompt["description_tokens"] > 0
