@@ -100,7 +100,7 @@ _t2l() {
             '(--runs -n)'{--runs,-n}'[Warm (in-process) repetitions.]:runs: ' \
             '--cold-runs[Fresh `t2l generate` processes (0 skips the cold measurement).]:cold-runs: ' \
             '(--batch -b)'{--batch,-b}'[Batch sizes for throughput, comma-separated.]:batch: ' \
-            '--baseline[Load-the-base baseline - auto (full up to 3 GiB, else depths 1 and 4 extrapolated), full, sampled or none.]:baseline:(auto full sampled none)' \
+            '--baseline[Load-the-base baseline - auto (full up to 3 GiB, else depth 4 scaled to full depth by bytes), full, sampled or none.]:baseline:(auto full sampled none)' \
             '--plan[Print the profiles GPU memory budget for --shapes instead of benchmarking.]' \
             '--measure[With --plan, on CUDA - load the real-shaped base and measure peak VRAM.]' \
             '--context[--plan - tokens per sequence for the KV cache and activations.]:context: ' \
