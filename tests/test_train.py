@@ -89,19 +89,21 @@ def _metrics(run: Path) -> list[dict]:
 
 
 def test_tiny_sft_loss_decreases_and_checkpoint_generates(runner, cli_app, tiny_data, train_base_dir, tiny_encoder_dir, tmp_path):
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_data, train_base_dir, tiny_encoder_dir)
+    # lr 5e-3 x 60 steps: at 2e-2 x 30 the batch loss fell > 20% on one CPU and 7% on another (AVX-512 kernels give
+    # another trajectory; that lr is at the edge of stability); here it falls 33-38% on seeds 0-2
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_data, train_base_dir, tiny_encoder_dir, **{"train.lr": 5e-3, "train.steps": 60})
     out = tmp_path / "run"
     res = runner.invoke(cli_app, ["train", str(recipe), "-o", str(out), "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
-    assert summary["steps"] == 30 and summary["final"]
+    assert summary["steps"] == 60 and summary["final"]
     m = _metrics(out)
     first = sum(x["loss"] for x in m[:5]) / 5
     last = sum(x["loss"] for x in m[-5:]) / 5
     assert last < first * 0.8, (first, last)
     assert any("val_unseen" in x for x in m)
     cfg = json.loads((out / "final" / "t2l_config.json").read_text())
-    assert cfg["training"]["heldout_tasks"] == ["task005_upper"] and cfg["training"]["steps"] == 30
+    assert cfg["training"]["heldout_tasks"] == ["task005_upper"] and cfg["training"]["steps"] == 60
     held = json.loads((out / "heldout_descriptions.json").read_text())
     assert held["sni:task005_upper"] == [f"{TASKS['task005_upper'][0]} (phrasing {j})" for j in (4, 5)]  # n_train_descs=4
     res = runner.invoke(cli_app, ["generate", "Reverse the order of the words.", "-c", str(out / "final"), "-o", str(tmp_path / "ad")])
