@@ -141,7 +141,7 @@ def _print_report(r: dict) -> None:
     warm = r["warm_ms"]["p50"]
     b.add_row("t2l generate (warm p50)", f"{warm:.1f} ms", "1x")
     if lb:
-        how = f"depths {lb['depths']} extrapolated" if lb["extrapolated"] else "full depth"
+        how = f"depth {lb['depths'][0]}, scaled by bytes" if lb["extrapolated"] else "full depth"
         b.add_row(f"load the base ({lb['base_params'] / 1e9:.2f}B, {lb['dtype']}, {how}) + generate",
                   f"{lb['full_load_s'] * 1000 + warm:.0f} ms", f"{lb['ratio_vs_warm']:.0f}x slower")
         if r["cold_ms"] and lb.get("ratio_vs_cold"):
