@@ -123,23 +123,6 @@ def param_count(config: dict[str, Any]) -> int:
     return emb + n * (4 * (h * h + h) + 2 * h * inter + inter + h + 4 * h)
 
 
-def _stored_dtype(path: Path) -> torch.dtype | None:
-    """The dtype of the first floating tensor in a safetensors file (from its header), None if unreadable."""
-    from t2lcli.engine.fastload import _ST_DTYPES
-
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(min(n, 100_000_000)))
-    except (OSError, ValueError):
-        return None
-    for key, info in header.items():
-        dt = _ST_DTYPES.get(info.get("dtype")) if key != "__metadata__" and isinstance(info, dict) else None
-        if dt is not None and dt.is_floating_point:
-            return dt
-    return None
-
-
 def load_bert(folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> BertEncoder:
     """Build a `BertEncoder` on the meta device and assign the weights from `model.safetensors` (strict).
 
@@ -151,12 +134,12 @@ def load_bert(folder: Path, device: str = "cpu", dtype: torch.dtype = torch.floa
 
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        from t2lcli.engine.fastload import load_safetensors_as, stored_float_dtype
+
         weights = folder / "model.safetensors"
-        if dtype == _stored_dtype(weights):
+        if dtype == stored_float_dtype(weights):
             state = load_file(str(weights))  # memory-mapped; the pages become the weights
         else:  # converted while reading: no mapped copy of the stored weights next to the converted ones
-            from t2lcli.engine.fastload import load_safetensors_as
-
             state = load_safetensors_as(weights, dtype)
     except (OSError, ValueError, SafetensorError) as exc:
         raise ModelNotFoundError(f"cannot load encoder from {folder}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None

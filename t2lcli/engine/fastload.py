@@ -44,8 +44,41 @@ def meta_device(skip: tuple[tuple[type, str], ...] = ()) -> Iterator[None]:
             setattr(cls, name, fn)
 
 
-_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64, "I64": torch.int64,
+                      "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _read_header(f: Any, size: int) -> tuple[dict[str, Any], int]:
+    """(header, offset of the data) of an open safetensors file of `size` bytes. Raises ValueError when malformed."""
+    import json
+    import struct
+
+    head = f.read(8)
+    if len(head) != 8:
+        raise ValueError("truncated safetensors header")
+    (n,) = struct.unpack("<Q", head)
+    if n > min(size - 8, 100_000_000):
+        raise ValueError("invalid safetensors header length")
+    header = json.loads(f.read(n))
+    if not isinstance(header, dict):
+        raise ValueError("invalid safetensors header")
+    return header, 8 + n
+
+
+def stored_float_dtype(path: Any) -> torch.dtype | None:
+    """The dtype of the first floating tensor of a safetensors file, from its header alone; None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(0)
+            header, _ = _read_header(f, size)
+    except (OSError, ValueError):
+        return None
+    for key, info in header.items():
+        dt = SAFETENSORS_DTYPES.get(info.get("dtype")) if key != "__metadata__" and isinstance(info, dict) else None
+        if dt is not None and dt.is_floating_point:
+            return dt
+    return None
 
 
 def load_safetensors_as(path: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -58,25 +91,15 @@ def load_safetensors_as(path: Any, dtype: torch.dtype) -> dict[str, torch.Tensor
     Raises:
         ValueError: a malformed header or a tensor outside the file.
     """
-    import json
-    import struct
-
     out: dict[str, torch.Tensor] = {}
     with open(path, "rb") as f:
         size = f.seek(0, 2)
         f.seek(0)
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError("truncated safetensors header")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(size - 8, 100_000_000):
-            raise ValueError("invalid safetensors header length")
-        header = json.loads(f.read(n))
-        base = 8 + n
+        header, base = _read_header(f, size)
         for key, info in header.items():
             if key == "__metadata__":
                 continue
-            src = _ST_DTYPES.get(info.get("dtype"))
+            src = SAFETENSORS_DTYPES.get(info.get("dtype"))
             start, end = (int(x) for x in info["data_offsets"])
             shape = [int(s) for s in info["shape"]]
             if src is None or not 0 <= start <= end <= size - base:

@@ -316,9 +316,7 @@ class HyperLoRA(nn.Module):
         """LoRA factors for one module: A [B, L, r, d_in], B [B, L, d_out, r] (offsets and raw-scale applied)."""
         c = self.config
         d_in, d_out = c.module_dims[module]
-        if layers is None:
-            layers = torch.arange(c.n_layers, device=z.device)
-        h = self._trunk(z, module, layers)
+        h = self._trunk(z, module, torch.arange(c.n_layers, device=z.device) if layers is None else layers)
         if c.variant == "L":
             out = self._tail(self.mlp2(h), module)
             a = out[..., : c.r * d_in].reshape(*out.shape[:-1], c.r, d_in)
@@ -328,23 +326,25 @@ class HyperLoRA(nn.Module):
             b = self._ab_pass(h, module, "B")[..., :d_out].transpose(-1, -2)
         return self._to_raw_scale(a, b, module, layers)
 
-    def _to_raw_scale(self, a: torch.Tensor, b: torch.Tensor, module: str, layers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _to_raw_scale(self, a: torch.Tensor, b: torch.Tensor, module: str, layers: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-layer statistics and offsets for `layers` (None: all layers, used as stored, without a gathered copy)."""
         c = self.config
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t if layers is None else t[layers]
+
         if c.training_task == "recon":
             if c.factorized:
                 if c.pred_z_score and c.recon_stats:
-                    a = a * (self.std_recon_target["A"][module][layers] + 1e-10) + self.mean_recon_target["A"][module][layers]
-                    b = b * (self.std_recon_target["B"][module][layers] + 1e-10) + self.mean_recon_target["B"][module][layers]
+                    a = a * (pick(self.std_recon_target["A"][module]) + 1e-10) + pick(self.mean_recon_target["A"][module])
+                    b = b * (pick(self.std_recon_target["B"][module]) + 1e-10) + pick(self.mean_recon_target["B"][module])
             else:
                 s = math.sqrt(c.delta_w_scaling)
                 a, b = a / s, b / s
                 return a, b
         if c.ab_offset:
-            off_a, off_b = self.AB_offset["A"][module], self.AB_offset["B"][module]
-            if layers.numel() != c.n_layers or not torch.equal(layers.cpu(), torch.arange(c.n_layers)):
-                off_a, off_b = off_a[layers], off_b[layers]  # a subset: gather (a copy); all layers: the tensors as they are
-            a = a + off_a.to(a.dtype)
-            b = b + off_b.to(b.dtype)
+            a = a + pick(self.AB_offset["A"][module]).to(a.dtype)
+            b = b + pick(self.AB_offset["B"][module]).to(b.dtype)
         return a, b
 
     def forward(self, emb: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
