@@ -36,6 +36,21 @@ def test_heldout_descriptions_match_the_recipe():
     assert all(len(v) >= 3 for k, v in held.items() if not k.startswith("_"))
 
 
+def test_recipe_pins_the_trained_task_list():
+    """`train_tasks: []` means every task in sni_dir: the data grew (89 -> 331 tasks), so the recipe names its tasks
+    and `make train-default` trains on what the shipped checkpoint was trained on."""
+    from t2lcli.recipe import load_recipe
+
+    trained = json.loads((DEFAULT / "t2l_config.json").read_text())["training"]["train_tasks"]
+    data = load_recipe("default").data
+    assert data.train_tasks == trained and len(trained) == 83
+    assert not set(trained) & set(data.heldout_tasks)
+    sni = PKG.parent / data.sni_dir
+    if sni.is_dir():  # ../shared beside the checkout, as in CI
+        missing = [t for t in trained if not any((sni / f"{t}{ext}").exists() for ext in (".jsonl", ".jsonl.gz"))]
+        assert not missing, missing
+
+
 def test_generate_with_no_flags_uses_the_default(runner, cli_app, tmp_path, monkeypatch):
     from t2lcli.engine.adapters import load_adapter
 
