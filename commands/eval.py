@@ -31,7 +31,7 @@ def eval_cmd(
     conditions: Annotated[str | None, typer.Option("--conditions", help="Comma list of rows: base, desc-prompt, t2l, t2l-control (another task's descriptions), adapter, lora. Default: base,desc-prompt,t2l (+adapter/lora when given).")] = None,
     checkpoint: CheckpointOpt = None,
     description: Annotated[list[str] | None, typer.Option("--description", "-d", help="A task description for desc-prompt/t2l (repeatable; 'TASK=text' scopes it to one task). Default: three shipped per benchmark.")] = None,
-    descriptions_file: Annotated[Path | None, typer.Option("--descriptions-file", help="JSON {task: \\[description, ...]} for desc-prompt/t2l/t2l-control (e.g. a checkpoint's heldout_descriptions.json); --description TASK=... wins.")] = None,
+    descriptions_file: Annotated[Path | None, typer.Option("--descriptions-file", help="JSON {task: \\[description, ...]} for desc-prompt/t2l/t2l-control (e.g. a checkpoint's heldout_descriptions.json; '-' = standard input); --description TASK=... wins.")] = None,
     sni_prompt: Annotated[str, typer.Option("--sni-prompt", help="SNI prompt: 'definition' (SNI definition + input) or 'input' (the input only, as the default checkpoint was trained).")] = "definition",
     max_descriptions: Annotated[int | None, typer.Option("--max-descriptions", help="Use only the first K descriptions per task (each description is one more run).")] = None,
     adapter: Annotated[list[str] | None, typer.Option("--adapter", "-a", help="A PEFT LoRA folder to evaluate (repeatable; one row each).")] = None,

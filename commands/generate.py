@@ -26,15 +26,15 @@ EXAMPLES = """[b]Examples[/b]
 
   t2l generate "Answer grade-school math word problems step by step." -o out/math
   t2l generate --from-file tasks.jsonl -o out/ --json          # one adapter per line
-  cat descriptions.txt | t2l generate --from-file - -o out/
+  cat descriptions.txt | t2l generate - -o out/               # '-' = standard input, one per line
   t2l generate "Classify the sentiment of a review." -o out/sent --preview "I loved it!"
   t2l generate --checkpoint llama_8b_t2l/ --embedding-file emb.safetensors -o out/x
 """
 
 
 def generate(
-    description: Annotated[str | None, typer.Argument(help="The task description (omit with --from-file or --embedding-file).")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (batch: parent folder of one folder per item).")] = Path("out"),
+    description: Annotated[str | None, typer.Argument(help="The task description; '-' reads descriptions from standard input (like --from-file -).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Adapter folder (default out/<slug of the description>/); batch: the parent of one folder per item (default out/).")] = None,
     from_file: Annotated[str | None, typer.Option("--from-file", "-f", help=".txt (one per line) or .jsonl ({description, name}); '-' = stdin.")] = None,
     embedding_file: Annotated[Path | None, typer.Option("--embedding-file", help="Precomputed normalised embeddings [n, dim] (.safetensors/.npy); bypasses the encoder.")] = None,
     checkpoint: CheckpointOpt = None,
@@ -55,6 +55,10 @@ def generate(
     """Generate LoRA adapters from task descriptions (no base-model weights are loaded)."""
     from t2lcli.hardware import load_profile
 
+    if description == "-":  # '-' is standard input, as for --from-file -
+        if from_file is not None:
+            raise InputError("give DESCRIPTION '-' (standard input) or --from-file, not both", hint="see t2l generate --help")
+        description, from_file = None, "-"
     sources = [x for x in (description is not None, from_file is not None, embedding_file is not None) if x]
     if len(sources) != 1:
         raise InputError("give exactly one of: a DESCRIPTION, --from-file FILE, or --embedding-file FILE", hint="see t2l generate --help")

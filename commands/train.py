@@ -25,11 +25,11 @@ EXAMPLES = """[b]Examples[/b]
 
 
 def train(
-    recipe: Annotated[str | None, typer.Argument(help="A shipped recipe name or a recipe YAML path.")] = None,
+    recipe: Annotated[str | None, typer.Argument(help="A shipped recipe name, a recipe YAML path, or '-' (standard input).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder (checkpoints/, metrics.jsonl, final/).")] = None,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its latest checkpoint.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Delete an existing run in --output and start over.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an earlier t2l run (or other t2l output) in --output and start over; never a folder t2l did not write.")] = False,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps (overrides the recipe's train.steps if lower).")] = None,
     time_budget: Annotated[float | None, typer.Option("--time-budget", help="Stop (with a checkpoint) after this many seconds.")] = None,
     list_recipes: Annotated[bool, typer.Option("--list-recipes", help="List the shipped recipes and exit.")] = False,

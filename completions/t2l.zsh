@@ -26,7 +26,7 @@ _t2l() {
       case $line[1] in
         generate)
           _arguments \
-            '(--output -o)'{--output,-o}'[Output folder (batch - parent folder of one folder per item).]:output:_files' \
+            '(--output -o)'{--output,-o}'[Adapter folder (default out/<slug of the description>/); batch - the parent of one folder per item (default out/).]:output:_files' \
             '(--from-file -f)'{--from-file,-f}'[.txt (one per line) or .jsonl ({description, name}); - = stdin.]:from-file:_files' \
             '--embedding-file[Precomputed normalised embeddings (n, dim) (.safetensors/.npy); bypasses the encoder.]:embedding-file:_files' \
             '(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files' \
@@ -40,7 +40,7 @@ _t2l() {
             '--max-new-tokens[Tokens to generate for --preview.]:max-new-tokens: ' \
             '(--profile -p)'{--profile,-p}'[Hardware profile - a shipped name (cpu, gpu-16gb, gpu-24gb, gpu-80gb) or a YAML path.]:profile:(cpu gpu-16gb gpu-24gb gpu-80gb)' \
             '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
-            '--force[Replace existing output (otherwise refuse and touch nothing).]' \
+            '--force[Replace an earlier t2l output at -o (never a folder or file t2l did not write; without it - refuse, touch nothing).]' \
             '--json[Print machine-readable JSON on stdout.]' \
             '--trust-remote-code[Allow encoders that run code from their repository (gte-large-en-v1.5).]' \
             '(--help -h)'{--help,-h}'[Show the help and exit.]' \
@@ -65,7 +65,7 @@ _t2l() {
             '--conditions[Comma list of rows - base, desc-prompt, t2l, t2l-control (another tasks descriptions), adapter, lora. Default - base,desc-prompt,t2l (+adapter/lora when given).]:conditions: ' \
             '(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files' \
             '*'{--description,-d}'[A task description for desc-prompt/t2l (repeatable; TASK=text scopes it to one task). Default - three shipped per benchmark.]:description: ' \
-            '--descriptions-file[JSON {task - (description, ...)} for desc-prompt/t2l/t2l-control (e.g. a checkpoints heldout_descriptions.json); --description TASK=... wins.]:descriptions-file:_files' \
+            '--descriptions-file[JSON {task - (description, ...)} for desc-prompt/t2l/t2l-control (e.g. a checkpoints heldout_descriptions.json; - = standard input); --description TASK=... wins.]:descriptions-file:_files' \
             '--sni-prompt[SNI prompt - definition (SNI definition + input) or input (the input only, as the default checkpoint was trained).]:sni-prompt: ' \
             '--max-descriptions[Use only the first K descriptions per task (each description is one more run).]:max-descriptions: ' \
             '*'{--adapter,-a}'[A PEFT LoRA folder to evaluate (repeatable; one row each).]:adapter: ' \
@@ -86,7 +86,7 @@ _t2l() {
             '(--output -o)'{--output,-o}'[Results folder (results.json, results.csv, table.txt). Default results/eval-DATE-TIME.]:output:_files' \
             '(--profile -p)'{--profile,-p}'[Hardware profile - a shipped name (cpu, gpu-16gb, gpu-24gb, gpu-80gb) or a YAML path.]:profile:(cpu gpu-16gb gpu-24gb gpu-80gb)' \
             '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
-            '--force[Replace existing output (otherwise refuse and touch nothing).]' \
+            '--force[Replace an earlier t2l output at -o (never a folder or file t2l did not write; without it - refuse, touch nothing).]' \
             '--json[Print machine-readable JSON on stdout.]' \
             '--trust-remote-code[Allow encoders that run code from their repository (gte-large-en-v1.5).]' \
             '(--help -h)'{--help,-h}'[Show the help and exit.]' \
@@ -132,7 +132,7 @@ _t2l() {
             '--runtime-base[The base as the runtime names it - hub id (vllm/sglang), .gguf path or Ollama model (llamacpp/ollama).]:runtime-base: ' \
             '(--profile -p)'{--profile,-p}'[Hardware profile - a shipped name (cpu, gpu-16gb, gpu-24gb, gpu-80gb) or a YAML path.]:profile:(cpu gpu-16gb gpu-24gb gpu-80gb)' \
             '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
-            '--force[Replace existing output (otherwise refuse and touch nothing).]' \
+            '--force[Replace an earlier t2l output at -o (never a folder or file t2l did not write; without it - refuse, touch nothing).]' \
             '--json[Print machine-readable JSON on stdout.]' \
             '--trust-remote-code[Allow encoders that run code from their repository (gte-large-en-v1.5).]' \
             '(--help -h)'{--help,-h}'[Show the help and exit.]' \
@@ -142,7 +142,7 @@ _t2l() {
           _arguments \
             '(--output -o)'{--output,-o}'[Native checkpoint folder to write (t2l_config.json + hypernet.safetensors).]:output:_files' \
             '--dtype[Stored weight dtype (fp32 keeps generation byte-identical).]:dtype:(fp32 bf16)' \
-            '--force[Replace existing output (otherwise refuse and touch nothing).]' \
+            '--force[Replace an earlier t2l output at -o (never a folder or file t2l did not write; without it - refuse, touch nothing).]' \
             '--json[Print machine-readable JSON on stdout.]' \
             '(--help -h)'{--help,-h}'[Show the help and exit.]' \
             '*: :_files'
@@ -152,7 +152,7 @@ _t2l() {
             '(--output -o)'{--output,-o}'[Run folder (checkpoints/, metrics.jsonl, final/).]:output:_files' \
             '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
             '--resume[Continue the run in --output from its latest checkpoint.]' \
-            '--force[Delete an existing run in --output and start over.]' \
+            '--force[Replace an earlier t2l run (or other t2l output) in --output and start over; never a folder t2l did not write.]' \
             '--max-steps[Stop after this many steps (overrides the recipes train.steps if lower).]:max-steps: ' \
             '--time-budget[Stop (with a checkpoint) after this many seconds.]:time-budget: ' \
             '--list-recipes[List the shipped recipes and exit.]' \

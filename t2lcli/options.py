@@ -30,7 +30,9 @@ BaseModelOpt = Annotated[
     str | None, typer.Option("--base-model", "-m", help="Base model: registry name, local folder or hub id.")
 ]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Output folder.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace existing output (otherwise refuse and touch nothing).")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Replace an earlier t2l output at -o (never a folder or file t2l did not write; without it: refuse, touch nothing).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 TrustRemoteCodeOpt = Annotated[
     bool, typer.Option("--trust-remote-code", help="Allow encoders that run code from their repository (gte-large-en-v1.5).")

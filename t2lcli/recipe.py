@@ -189,11 +189,19 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     from t2lcli.hardware import parse_set_overrides
     from t2lcli.safe_yaml import MAX_BYTES, YamlError, load_yaml
 
-    path = locate_recipe(name_or_path)
+    path = Path("<stdin>") if name_or_path == "-" else locate_recipe(name_or_path)
     try:
-        if path.stat().st_size > MAX_BYTES:
-            raise ConfigError(f"recipe {path} is larger than 1 MB; refusing to parse it")
-        data = load_yaml(path.read_text(encoding="utf-8"))
+        if name_or_path == "-":  # '-' is standard input: `t2l train --show-recipe smoke | t2l train - -o runs/x`
+            import sys
+
+            raw = sys.stdin.buffer.read(MAX_BYTES + 1)
+            if len(raw) > MAX_BYTES:
+                raise ConfigError("the recipe on standard input is larger than 1 MB; refusing to parse it")
+            data = load_yaml(raw.decode("utf-8"))
+        else:
+            if path.stat().st_size > MAX_BYTES:
+                raise ConfigError(f"recipe {path} is larger than 1 MB; refusing to parse it")
+            data = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, YamlError) as exc:
         raise ConfigError(f"cannot read recipe {path}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
     recipe = Recipe()
