@@ -15,7 +15,7 @@ EXAMPLES = """[b]Examples[/b]
 
   t2l bench                                               # default shapes (SmolLM2-135M + MiniLM, L 128/512)
   t2l bench --shapes llama-3.1-8b --runs 20 --batch 1,8   # the official 230M Llama-8B hypernetwork, random weights
-  t2l bench --checkpoint runs/default/final --json --output bench.json
+  t2l bench --checkpoint default --json --output bench.json
   t2l bench --plan --profile gpu-16gb --shapes llama-3.1-8b
   t2l bench --plan --measure --profile gpu-24gb --shapes llama-3.1-8b   # on a GPU: plan vs measured peak
 """

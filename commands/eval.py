@@ -15,12 +15,12 @@ from t2lcli.options import BaseModelOpt, CheckpointOpt, ForceOpt, JsonOpt, Profi
 EXAMPLES = """[b]Examples[/b]
 
   t2l eval --tasks gsm8k,arc --limit 50                       # base, desc-prompt and t2l (default checkpoint)
-  t2l eval --tasks gsm8k,arc_easy --limit gsm8k=50 --limit arc_easy=100 -c runs/default/final
-  t2l eval --tasks gsm8k --checkpoint runs/default --conditions base,t2l,t2l-control --output results/gsm8k
+  t2l eval --tasks gsm8k,arc_easy --limit gsm8k=50 --limit arc_easy=100 -c runs/default/final   # a trained run
+  t2l eval --tasks gsm8k --checkpoint default --conditions base,t2l,t2l-control --output results/gsm8k
   t2l eval --tasks arc_easy --description "Answer grade-school science questions." --limit 100
   t2l eval --tasks boolq --conditions base,adapter --adapter out/boolq --adapter out/other
   t2l eval --tasks gsm8k,arc_easy --conditions base,lora --lora runs/mt_lora      # a multi-task LoRA row
-  t2l eval --tasks sni:data/sni/task1146_country_capital.jsonl --conditions base,t2l --limit 20
+  t2l eval --tasks sni:../shared/data/sni/task1146_country_capital.jsonl --conditions base,t2l --limit 20
   t2l eval --tasks humaneval --allow-code-exec --conditions base --limit 10
   T2L_DATA_DIR=../shared/data/benchmarks t2l eval --tasks piqa --conditions base --json
 """

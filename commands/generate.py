@@ -25,8 +25,8 @@ from t2lcli.options import (
 EXAMPLES = """[b]Examples[/b]
 
   t2l generate "Answer grade-school math word problems step by step." -o out/math
-  t2l generate --from-file tasks.jsonl -o out/ --json          # one adapter per line
-  cat descriptions.txt | t2l generate - -o out/               # '-' = standard input, one per line
+  t2l generate --from-file demo/tasks.jsonl -o out/ --json     # one adapter per line ({"name", "description"})
+  cat demo/descriptions.txt | t2l generate - -o out/          # '-' = standard input, one per line
   t2l generate "Classify the sentiment of a review." -o out/sent --preview "I loved it!"
   t2l generate --checkpoint llama_8b_t2l/ --embedding-file emb.safetensors -o out/x
 """

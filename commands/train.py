@@ -9,7 +9,7 @@ import typer
 
 from t2lcli import console
 from t2lcli.errors import InputError
-from t2lcli.options import JsonOpt, ProfileOpt, SetOpt
+from t2lcli.options import JsonOpt, ProfileOpt
 
 EXAMPLES = """[b]Examples[/b]
 
@@ -27,7 +27,7 @@ EXAMPLES = """[b]Examples[/b]
 def train(
     recipe: Annotated[str | None, typer.Argument(help="A shipped recipe name, a recipe YAML path, or '-' (standard input).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder (checkpoints/, metrics.jsonl, final/).")] = None,
-    set_: SetOpt = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. --set train.steps=200 or --set base_model=DIR (repeatable).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its latest checkpoint.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier t2l run (or other t2l output) in --output and start over; never a folder t2l did not write.")] = False,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps (overrides the recipe's train.steps if lower).")] = None,

@@ -115,7 +115,7 @@ complete -c t2l -n '__fish_seen_subcommand_from convert' -l json -d 'Print machi
 complete -c t2l -n '__fish_seen_subcommand_from convert' -l help -s h -d 'Show the help and exit.'
 complete -c t2l -n '__fish_seen_subcommand_from train' -F
 complete -c t2l -n '__fish_seen_subcommand_from train' -l output -s o -r -F -d 'Run folder (checkpoints/, metrics.jsonl, final/).'
-complete -c t2l -n '__fish_seen_subcommand_from train' -l set -x -d 'Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).'
+complete -c t2l -n '__fish_seen_subcommand_from train' -l set -x -d 'Override a recipe key, e.g. --set train.steps=200 or --set base_model=DIR (repeatable).'
 complete -c t2l -n '__fish_seen_subcommand_from train' -l resume -d 'Continue the run in --output from its latest checkpoint.'
 complete -c t2l -n '__fish_seen_subcommand_from train' -l force -d 'Replace an earlier t2l run (or other t2l output) in --output and start over; never a folder t2l did '
 complete -c t2l -n '__fish_seen_subcommand_from train' -l max-steps -x -d 'Stop after this many steps (overrides the recipes train.steps if lower).'

@@ -150,7 +150,7 @@ _t2l() {
         train)
           _arguments \
             '(--output -o)'{--output,-o}'[Run folder (checkpoints/, metrics.jsonl, final/).]:output:_files' \
-            '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
+            '*--set[Override a recipe key, e.g. --set train.steps=200 or --set base_model=DIR (repeatable).]:set: ' \
             '--resume[Continue the run in --output from its latest checkpoint.]' \
             '--force[Replace an earlier t2l run (or other t2l output) in --output and start over; never a folder t2l did not write.]' \
             '--max-steps[Stop after this many steps (overrides the recipes train.steps if lower).]:max-steps: ' \

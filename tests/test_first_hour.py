@@ -242,3 +242,11 @@ def test_hub_id_of_the_default_base_resolves_offline():
     from t2lcli.engine.base_model import resolve_model
 
     assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == resolve_model("smollm2-135m-instruct")
+
+
+def test_import_t2lcli_is_light_and_load_base_is_public():
+    code = ("import sys, t2lcli; assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert callable(t2lcli.load_base) and 'torch' not in sys.modules; "
+            "G = t2lcli.Generator; assert G.__name__ == 'Generator'; print('ok')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

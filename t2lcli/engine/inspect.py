@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from t2lcli import console
+from t2lcli.engine.checkpoint import SHIPPED, resolve_checkpoint
 from t2lcli.errors import InputError, ShapeMismatchError
 
 RUNTIMES = ("vllm", "sglang", "llamacpp", "ollama", "peft")
@@ -63,8 +64,10 @@ def inspect_paths(paths: list[str]) -> dict[str, Any] | list[dict[str, Any]]:
             reports.append(inspect_checkpoint(Path(p)))  # owner/repo/folder on the hub
             continue
         path = Path(p)
+        if not path.exists() and p in SHIPPED:  # `t2l inspect default`, as --checkpoint default everywhere else
+            path = resolve_checkpoint(p)
         if not path.exists():
-            raise InputError(f"not found: {p}", hint="pass an adapter folder, a checkpoint folder, or 'profile NAME'")
+            raise InputError(f"not found: {p}", hint="pass an adapter folder, a checkpoint folder, 'default', or 'profile NAME'")
         kind = kind_of(path)
         if kind == "adapter":
             reports.append(inspect_adapter(path))
