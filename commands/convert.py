@@ -24,6 +24,8 @@ EXAMPLES = """[b]Examples[/b]
 class ConvertDtype(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
 
 
 def convert(

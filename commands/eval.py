@@ -39,7 +39,7 @@ def eval_cmd(
     limit: Annotated[list[str] | None, typer.Option("--limit", "-n", help="Evaluate only the first N documents of each task; TASK=N for one task (repeatable).")] = None,
     num_fewshot: Annotated[int | None, typer.Option("--num-fewshot", "-k", help="Few-shot examples per prompt (default 0, the zero-shot setting).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Cap on generated tokens (defaults: gsm8k 256, code 512, SNI 128).")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Base-model batch size for scoring (default: profile base.batch_size).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Base-model batch size for scoring (default: profile base.batch_size).")] = None,
     gen_batch_size: Annotated[int | None, typer.Option("--gen-batch-size", help="Batch size for generation (default: 64 on a CPU, else --batch-size).")] = None,
     backend: Annotated[str, typer.Option("--backend", help="hf (default; CPU or GPU) or vllm (CUDA only; pip install 't2lcli\\[vllm]').")] = "hf",
     base_model: BaseModelOpt = None,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from t2lcli import console
-from t2lcli.errors import InputError
+from t2lcli.errors import InputError, UsageError
 from t2lcli.options import JsonOpt, ProfileOpt
 
 EXAMPLES = """[b]Examples[/b]
@@ -41,18 +41,22 @@ def train(
     from t2lcli import recipe as recipes
 
     if list_recipes:
-        for name in recipes.list_recipes():
-            console.emit(name)
+        rows = recipes.recipe_summaries()
+        if json_out:
+            console.emit_json(rows)
+        else:
+            for row in rows:
+                console.emit(f"{row['name']:<16} {row['mode']:<5} {row['description']}")
         return
     if show_recipe:
         console.emit(recipes.locate_recipe(show_recipe).read_text(encoding="utf-8").rstrip())
         return
     if recipe is None or output is None:
-        raise InputError("give a RECIPE and --output DIR", hint="t2l train --list-recipes shows the shipped recipes")
+        raise UsageError("give a RECIPE and --output DIR", hint="t2l train --list-recipes shows the shipped recipes")
     if max_steps is not None and max_steps < 1:
         raise InputError("--max-steps must be at least 1")
     if resume and force:
-        raise InputError("--resume and --force contradict each other")
+        raise UsageError("--resume and --force contradict each other")
     rec = recipes.load_recipe(recipe, set_)
     from t2lcli.hardware import load_profile
 

@@ -31,12 +31,13 @@ _t2l() {
             '--embedding-file[Precomputed normalised embeddings (n, dim) (.safetensors/.npy); bypasses the encoder.]:embedding-file:_files' \
             '(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files' \
             '(--base-model -m)'{--base-model,-m}'[Base model - registry name, local folder or hub id.]:base-model:_files' \
-            '--dtype[dtype of the written tensors (default fp32).]:dtype:(fp32 bf16 fp16)' \
+            '--dtype[dtype of the written tensors (default fp32).]:dtype:(fp32 bf16 fp16 float32 bfloat16 float16)' \
             '--scale[Strength multiplier folded into lora_B (recorded in the card).]:scale: ' \
             '--scaling[rslora (alpha/sqrt(r), as trained; default) or lora (alpha/r, the published vLLM eval).]:scaling:(rslora lora)' \
-            '--batch-size[Descriptions per forward pass (default - profile).]:batch-size: ' \
+            '(--batch-size -b)'{--batch-size,-b}'[Descriptions per forward pass (default - profile).]:batch-size: ' \
             '--skip-bad[Batch - report bad lines and continue instead of stopping.]' \
-            '--preview[Load the base model and print base vs adapted output for this input.]:preview: ' \
+            '--preview[Load the base model and print base vs adapted output for this input (a batch - the first adapter, named).]:preview: ' \
+            '--preview-all[With --preview and a batch - preview every adapter, not only the first.]' \
             '--max-new-tokens[Tokens to generate for --preview.]:max-new-tokens: ' \
             '(--profile -p)'{--profile,-p}'[Hardware profile - a shipped name (cpu, gpu-16gb, gpu-24gb, gpu-80gb) or a YAML path.]:profile:(cpu gpu-16gb gpu-24gb gpu-80gb)' \
             '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
@@ -73,7 +74,7 @@ _t2l() {
             '*'{--limit,-n}'[Evaluate only the first N documents of each task; TASK=N for one task (repeatable).]:limit: ' \
             '(--num-fewshot -k)'{--num-fewshot,-k}'[Few-shot examples per prompt (default 0, the zero-shot setting).]:num-fewshot: ' \
             '--max-new-tokens[Cap on generated tokens (defaults - gsm8k 256, code 512, SNI 128).]:max-new-tokens: ' \
-            '--batch-size[Base-model batch size for scoring (default - profile base.batch_size).]:batch-size: ' \
+            '(--batch-size -b)'{--batch-size,-b}'[Base-model batch size for scoring (default - profile base.batch_size).]:batch-size: ' \
             '--gen-batch-size[Batch size for generation (default - 64 on a CPU, else --batch-size).]:gen-batch-size: ' \
             '--backend[hf (default; CPU or GPU) or vllm (CUDA only; pip install t2lcli(vllm)).]:backend: ' \
             '(--base-model -m)'{--base-model,-m}'[Base model - registry name, local folder or hub id.]:base-model:_files' \
@@ -97,9 +98,9 @@ _t2l() {
             '(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files' \
             '--shapes[Random hypernetwork of official sizes - smollm2-135m, llama-3.1-8b, mistral-7b or gemma-2-2b.]:shapes:(gemma-2-2b llama-3.1-8b mistral-7b smollm2-135m)' \
             '--variant[Hypernetwork variant for --shapes - L, M or S.]:variant:(L M S)' \
-            '(--runs -n)'{--runs,-n}'[Warm (in-process) repetitions.]:runs: ' \
+            '--runs[Warm (in-process) repetitions.]:runs: ' \
             '--cold-runs[Fresh `t2l generate` processes (0 skips the cold measurement).]:cold-runs: ' \
-            '(--batch -b)'{--batch,-b}'[Batch sizes for throughput, comma-separated.]:batch: ' \
+            '(--batch --batch-size -b)'{--batch,--batch-size,-b}'[Batch sizes for throughput, comma-separated (-b/--batch-size as in generate and eval).]:batch: ' \
             '--baseline[Load-the-base baseline - auto (full up to 3 GiB, else depth 4 scaled to full depth by bytes), full, sampled or none.]:baseline:(auto full sampled none)' \
             '--plan[Print the profiles GPU memory budget for --shapes instead of benchmarking.]' \
             '--measure[With --plan, on CUDA - load the real-shaped base and measure peak VRAM.]' \
@@ -125,7 +126,7 @@ _t2l() {
             '*'{--description,-d}'[A task description to mix (repeatable); uses --checkpoint.]:description: ' \
             '(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files' \
             '(--base-model -m)'{--base-model,-m}'[Base model - registry name, local folder or hub id.]:base-model:_files' \
-            '--dtype[--into-base - dtype of the merged weights (default - the profiles base dtype).]:dtype:(fp32 bf16 fp16)' \
+            '--dtype[--into-base - dtype of the merged weights (default - the profiles base dtype).]:dtype:(fp32 bf16 fp16 float32 bfloat16 float16)' \
             '--max-shard-size[--into-base - largest safetensors shard, e.g. 2GB or 500MB.]:max-shard-size: ' \
             '--max-lora-rank[vllm/sglang - the servers max LoRA rank; a larger adapter is refused.]:max-lora-rank: ' \
             '--name[Adapter name in the printed serving command (default - the output folders name).]:name: ' \
@@ -141,7 +142,7 @@ _t2l() {
         convert)
           _arguments \
             '(--output -o)'{--output,-o}'[Native checkpoint folder to write (t2l_config.json + hypernet.safetensors).]:output:_files' \
-            '--dtype[Stored weight dtype (fp32 keeps generation byte-identical).]:dtype:(fp32 bf16)' \
+            '--dtype[Stored weight dtype (fp32 keeps generation byte-identical).]:dtype:(fp32 bf16 float32 bfloat16)' \
             '--force[Replace an earlier t2l output at -o (never a folder or file t2l did not write; without it - refuse, touch nothing).]' \
             '--json[Print machine-readable JSON on stdout.]' \
             '(--help -h)'{--help,-h}'[Show the help and exit.]' \

@@ -8,14 +8,21 @@ from typing import Annotated
 
 import typer
 
+from t2lcli.hardware import DTYPE_SPELLINGS
+
 
 class Dtype(str, Enum):
+    """Every spelling of t2lcli.hardware.DTYPE_SPELLINGS (bf16 = bfloat16, …)."""
+
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
 
 
-DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DTYPE_NAMES = DTYPE_SPELLINGS
 
 ProfileOpt = Annotated[
     str | None, typer.Option("--profile", "-p", help="Hardware profile: a shipped name (cpu, gpu-16gb, gpu-24gb, gpu-80gb) or a YAML path.")

@@ -174,6 +174,21 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
 
 
+def recipe_summaries() -> list[dict[str, str]]:
+    """name, mode and description of each shipped recipe (what `t2l train --list-recipes` shows)."""
+    from t2lcli.safe_yaml import load_yaml
+
+    rows = []
+    for name in list_recipes():
+        try:
+            data = load_yaml((recipes_dir() / f"{name}.yaml").read_text(encoding="utf-8")) or {}
+        except Exception:  # a shipped file is valid YAML (tests load each); never fail a listing on one
+            data = {}
+        desc = str(data.get("description") or "").strip().splitlines()
+        rows.append({"name": name, "mode": str(data.get("mode") or "sft"), "description": desc[0] if desc else ""})
+    return rows
+
+
 def locate_recipe(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.is_file():

@@ -250,3 +250,72 @@ def test_import_t2lcli_is_light_and_load_base_is_public():
             "G = t2lcli.Generator; assert G.__name__ == 'Generator'; print('ok')")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+# ------------------------------------------------------------------------------------------- 5. consistency
+
+COMMANDS = ["generate", "inspect", "eval", "bench", "merge", "convert", "train"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_usage_errors_exit_2_in_every_command(runner, cli_app, command):
+    for args in ([command, "--no-such-flag"], [command, "--profile"]):  # an unknown flag; a flag without its value
+        res = runner.invoke(cli_app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("args", [["generate"], ["generate", "x", "--from-file", "f.txt"], ["generate", "x", "--preview-all"],
+                                  ["train"], ["train", "default", "-o", "r", "--resume", "--force"]])
+def test_argument_combinations_are_usage_errors(runner, cli_app, args):
+    res = runner.invoke(cli_app, args)
+    assert res.exit_code == 2 and "error:" in res.output and "Traceback" not in res.output, res.output
+
+
+def test_short_flags_mean_the_same_everywhere():
+    """-b is the batch size and -n the document limit wherever they exist; -o output, -c checkpoint, -m base model."""
+    import click
+    import typer.main
+
+    from t2lcli.cli import app
+
+    group = typer.main.get_command(app)
+    meaning: dict[str, set[str]] = {}
+    for cmd in group.commands.values():
+        for p in cmd.params:
+            if isinstance(p, click.Option):
+                for short in [o for o in p.opts if len(o) == 2]:
+                    meaning.setdefault(short, set()).add(max(p.opts, key=len))
+    assert all(len(v) == 1 for v in meaning.values()), meaning
+
+
+def test_one_dtype_spelling_table(runner, cli_app, tiny_checkpoint_dir, tmp_path):
+    from t2lcli.hardware import load_profile
+
+    for spelling, canonical in (("bf16", "bfloat16"), ("bfloat16", "bfloat16"), ("fp16", "float16"), ("float32", "float32")):
+        assert load_profile("cpu", [f"base.dtype={spelling}"]).base.dtype == canonical
+    for i, spelling in enumerate(("bf16", "bfloat16")):
+        res = _gen(runner, cli_app, tiny_checkpoint_dir, "answer math questions", "-o", str(tmp_path / f"g{i}"), "--dtype", spelling)
+        assert res.exit_code == 0, res.output
+        res = runner.invoke(cli_app, ["convert", str(tiny_checkpoint_dir), "-o", str(tmp_path / f"c{i}"), "--dtype", spelling, "--json"])
+        assert res.exit_code == 0 and json.loads(res.stdout)["dtype"] == "bfloat16", res.output
+
+
+def test_inspect_default_checkpoint(runner, cli_app):
+    res = runner.invoke(cli_app, ["inspect", "default", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["kind"].startswith("t2l-checkpoint")
+
+
+def test_preview_of_a_batch_names_its_adapter(runner, cli_app, tiny_checkpoint_dir, tmp_path):
+    f = tmp_path / "b.txt"
+    f.write_text("answer math questions\ntranslate to french\n")
+    out = tmp_path / "o"
+    res = _gen(runner, cli_app, tiny_checkpoint_dir, "--from-file", str(f), "-o", str(out), "--preview", "hi", "--max-new-tokens", "2")
+    assert res.exit_code == 0, res.output
+    assert f"adapter: {out / 'answer-math-questions'} (the first of the batch" in res.stdout
+    res = _gen(runner, cli_app, tiny_checkpoint_dir, "--from-file", str(f), "-o", str(out), "--force", "--preview", "hi",
+               "--preview-all", "--max-new-tokens", "2", "--json")
+    assert res.exit_code == 0, res.output
+    previews = [json.loads(line)["preview"]["adapter"] for line in res.stdout.splitlines() if '"preview"' in line]
+    assert previews == [str(out / "answer-math-questions"), str(out / "translate-to-french")]

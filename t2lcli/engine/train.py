@@ -634,6 +634,11 @@ def run_training(recipe: Recipe, output: Path, resume: bool = False, force: bool
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     rank = int(os.environ.get("RANK", "0"))
     resuming = check_output(output, recipe, resume, force) if rank == 0 else resume
+    if resuming and world == 1:
+        done = _finished(output, min(tr.steps, max_steps) if max_steps else tr.steps)
+        if done is not None:  # nothing left to do: return before loading the base, the encoder and the data
+            console.log(f"{output} is already complete at step {done.steps}; nothing to resume")
+            return done
     if world > 1:
         torch.distributed.barrier()
     output.mkdir(parents=True, exist_ok=True)
@@ -703,6 +708,26 @@ def run_training(recipe: Recipe, output: Path, resume: bool = False, force: bool
     if world > 1:
         torch.distributed.barrier()
     return TrainResult(output, trainer.step, final, metrics_path, last_loss, seconds, stopped)
+
+
+def _finished(output: Path, total_steps: int) -> TrainResult | None:
+    """The result of a run that already reached `total_steps` and wrote final/, or None."""
+    try:
+        name = (output / "latest").read_text(encoding="utf-8").strip()
+        step = int(name.removeprefix("step-"))
+    except (OSError, ValueError):
+        return None
+    final = output / "final"
+    if step < total_steps or t2l_output_kind(final) not in ("a t2l checkpoint", "a t2l adapter"):
+        return None
+    last_loss, seconds = float("nan"), 0.0
+    try:
+        lines = (output / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+        last_loss, seconds = float(last.get("loss", last_loss)), float(last.get("elapsed_s", 0.0))
+    except (OSError, ValueError):
+        pass
+    return TrainResult(output, step, final, output / "metrics.jsonl", last_loss, seconds, "steps")
 
 
 # ------------------------------------------------------------------------------------------- reconstruction
