@@ -76,7 +76,7 @@ complete -c t2l -n '__fish_seen_subcommand_from bench' -l runs -x -d 'Warm (in-p
 complete -c t2l -n '__fish_seen_subcommand_from bench' -l cold-runs -x -d 'Fresh `t2l generate` processes (0 skips the cold measurement).'
 complete -c t2l -n '__fish_seen_subcommand_from bench' -l batch -l batch-size -s b -x -d 'Batch sizes for throughput, comma-separated (-b/--batch-size as in generate and eval).'
 complete -c t2l -n '__fish_seen_subcommand_from bench' -l baseline -x -a 'auto full sampled none' -d 'Load-the-base baseline: auto (full up to 3 GiB, else depth 4 scaled to full depth by bytes), full, s'
-complete -c t2l -n '__fish_seen_subcommand_from bench' -l plan -d 'Print the profiles GPU memory budget for --shapes instead of benchmarking.'
+complete -c t2l -n '__fish_seen_subcommand_from bench' -l plan -d 'Print the profiles memory budget for --shapes (default: the profiles model) instead of benchmarking.'
 complete -c t2l -n '__fish_seen_subcommand_from bench' -l measure -d 'With --plan, on CUDA: load the real-shaped base and measure peak VRAM.'
 complete -c t2l -n '__fish_seen_subcommand_from bench' -l context -x -d '--plan: tokens per sequence for the KV cache and activations.'
 complete -c t2l -n '__fish_seen_subcommand_from bench' -l clean -d 'Delete the cached random models under $T2L_HOME/bench and exit.'

@@ -102,7 +102,7 @@ _t2l() {
             '--cold-runs[Fresh `t2l generate` processes (0 skips the cold measurement).]:cold-runs: ' \
             '(--batch --batch-size -b)'{--batch,--batch-size,-b}'[Batch sizes for throughput, comma-separated (-b/--batch-size as in generate and eval).]:batch: ' \
             '--baseline[Load-the-base baseline - auto (full up to 3 GiB, else depth 4 scaled to full depth by bytes), full, sampled or none.]:baseline:(auto full sampled none)' \
-            '--plan[Print the profiles GPU memory budget for --shapes instead of benchmarking.]' \
+            '--plan[Print the profiles memory budget for --shapes (default - the profiles model) instead of benchmarking.]' \
             '--measure[With --plan, on CUDA - load the real-shaped base and measure peak VRAM.]' \
             '--context[--plan - tokens per sequence for the KV cache and activations.]:context: ' \
             '--clean[Delete the cached random models under $T2L_HOME/bench and exit.]' \

@@ -319,3 +319,13 @@ def test_preview_of_a_batch_names_its_adapter(runner, cli_app, tiny_checkpoint_d
     assert res.exit_code == 0, res.output
     previews = [json.loads(line)["preview"]["adapter"] for line in res.stdout.splitlines() if '"preview"' in line]
     assert previews == [str(out / "answer-math-questions"), str(out / "translate-to-french")]
+
+
+def test_bench_plan_defaults_to_the_profiles_model(runner, cli_app):
+    cpu = json.loads(runner.invoke(cli_app, ["bench", "--plan", "--json"]).stdout)
+    assert cpu["shapes"] == "smollm2-135m" and cpu["gpu"] is False
+    assert not any("CUDA" in line["item"] for line in cpu["lines"]) and cpu["host_gib"] > 0
+    gpu = json.loads(runner.invoke(cli_app, ["bench", "--plan", "--profile", "gpu-16gb", "--json"]).stdout)
+    assert gpu["shapes"] == "llama-3.1-8b" and any("CUDA" in line["item"] for line in gpu["lines"])
+    text = runner.invoke(cli_app, ["bench", "--plan"]).stdout
+    assert "host GiB" in text and "CUDA" not in text

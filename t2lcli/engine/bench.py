@@ -821,7 +821,8 @@ def plan_memory(shape_name: str, profile: Profile, context: int = 2048, batch: i
     act = b * context * (3 * inter + 2 * h) * act_dt
     add("prefill activations", act, f"batch {b} x {context} x (3 x {inter} MLP + 2 x {h}) x {act_dt} B", on_gpu)
     add("logits (last position)", b * int(cfg["vocab_size"]) * 4, f"batch {b} x {cfg['vocab_size']} x 4 B", on_gpu)
-    add("CUDA context + allocator slack", 0.8 * GIB if on_gpu else 0, "measured 0.5-0.8 GiB on recent drivers", on_gpu)
+    if on_gpu:  # a CPU profile has no CUDA context: no GPU rows at all
+        add("CUDA context + allocator slack", 0.8 * GIB, "measured 0.5-0.8 GiB on recent drivers", on_gpu)
     total = sum(line["gib"] for line in lines)
     budget = profile.memory_budget_gb
     usable = max(0.0, budget - 1.0) if budget else None
@@ -830,7 +831,14 @@ def plan_memory(shape_name: str, profile: Profile, context: int = 2048, batch: i
         "total_gib": round(total, 2), "budget_gib": budget or None, "usable_gib": usable,
         "fits": None if usable is None else total <= usable,
         "host_gib": round(sum(line.get("host_gib", 0.0) for line in lines), 2),
+        "gpu": any("host_gib" not in line for line in lines),
     }
+
+
+def default_plan_shapes(profile: Profile) -> str:
+    """The model a profile is designed for: the GPU profiles size Llama-3.1-8B, the CPU profile the embedded SmolLM2."""
+    on_gpu = profile.base.device.startswith(("cuda", "auto"))
+    return "llama-3.1-8b" if on_gpu and profile.memory_budget_gb >= 16 else "smollm2-135m"
 
 
 def measure_memory(shape_name: str, profile: Profile, context: int = 2048, batch: int | None = None) -> dict[str, Any]:
@@ -877,7 +885,7 @@ def measure_memory(shape_name: str, profile: Profile, context: int = 2048, batch
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() / GIB
     free1, _ = torch.cuda.mem_get_info()
-    planned = plan["total_gib"] - next(line["gib"] for line in plan["lines"] if line["item"].startswith("CUDA context"))
+    planned = plan["total_gib"] - next((line["gib"] for line in plan["lines"] if line["item"].startswith("CUDA context")), 0.0)
     return {**plan, "measured_peak_allocated_gib": round(peak, 2), "planned_without_context_gib": round(planned, 2),
             "relative_error": round((planned - peak) / peak, 3), "device_used_gib": round((total - free1) / GIB, 2),
             "gpu": torch.cuda.get_device_name(0), "baseline_used_gib": round((total - free0) / GIB, 2)}
