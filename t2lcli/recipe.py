@@ -174,6 +174,16 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
 
 
+def _beside_recipe(recipe: Recipe, folder: Path) -> None:
+    """Relative data paths are relative to the current folder, else to the recipe's folder (so the example data
+    shipped beside a recipe is found from anywhere)."""
+    d = recipe.data
+    for attr in ("user_jsonl", "user_descriptions"):
+        value = getattr(d, attr)
+        if isinstance(value, str) and value and not Path(value).is_absolute() and not Path(value).exists() and (folder / value).exists():
+            setattr(d, attr, str(folder / value))
+
+
 def recipe_summaries() -> list[dict[str, str]]:
     """name, mode and description of each shipped recipe (what `t2l train --list-recipes` shows)."""
     from t2lcli.safe_yaml import load_yaml
@@ -227,6 +237,8 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     except Exception as exc:
         raise ConfigError(str(exc)) from None
     _fill(recipe, sets, "", problems)
+    if name_or_path != "-":
+        _beside_recipe(recipe, path.parent)
     if recipe.data.train_frac >= recipe.data.val_end or recipe.data.val_end > 1:
         problems.append("data: need train_frac < val_end <= 1")
     if recipe.train.steps < 1:

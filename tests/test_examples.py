@@ -83,10 +83,12 @@ def tier(cmd: str) -> str:
     return "slow" if cmd.startswith(SLOW) else "fast"
 
 
-def readme_blocks() -> list[tuple[str, str]]:
-    """(language, code) of every README block whose fence follows a `<!-- runnable ... -->` line."""
+def readme_blocks(slow: bool) -> list[tuple[str, str]]:
+    """(language, code) of every README block whose fence follows a `<!-- runnable ... -->` line; `<!-- runnable slow
+    ... -->` blocks (they load the base model) only with slow=True."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    return [(m.group(1), m.group(2)) for m in re.finditer(r"^<!-- runnable[^\n]*-->\n```(bash|python)\n(.*?)^```", text, re.S | re.M)]
+    found = re.finditer(r"^<!-- runnable( slow)?[^\n]*-->\n```(bash|python)\n(.*?)^```", text, re.S | re.M)
+    return [(m.group(2), m.group(3)) for m in found if bool(m.group(1)) == slow]
 
 
 def scratch(tmp: Path) -> Path:
@@ -142,19 +144,23 @@ def test_all_help_examples_run(tmp_path):
         run(cmd, work, env, timeout=1800)
 
 
-def test_readme_runnable_bash_blocks(tmp_path):
-    blocks = [code for lang, code in readme_blocks() if lang == "bash"]
-    assert blocks, "README has no block marked runnable"
-    for i, code in enumerate(blocks):
+def _run_blocks(blocks: list[tuple[str, str]], tmp_path: Path, timeout: int) -> None:
+    for i, (lang, code) in enumerate(blocks):
         work = scratch(tmp_path / f"clone{i}")
-        run(code, work, env_for(tmp_path / "home"))
+        if lang == "python":
+            (work / "block.py").write_text(code)
+            code = f"{sys.executable} block.py"
+        run(code, work, env_for(tmp_path / "home"), timeout=timeout)
+
+
+def test_readme_runnable_blocks(tmp_path):
+    blocks = readme_blocks(slow=False)
+    assert blocks, "README has no block marked runnable"
+    _run_blocks(blocks, tmp_path, 600)
 
 
 @pytest.mark.slow
-def test_readme_runnable_python_blocks(tmp_path):
-    blocks = [code for lang, code in readme_blocks() if lang == "python"]
-    assert blocks
-    for i, code in enumerate(blocks):
-        work = scratch(tmp_path / f"py{i}")
-        (work / "block.py").write_text(code)
-        run(f"{sys.executable} block.py", work, env_for(tmp_path / "home"), timeout=1800)
+def test_readme_runnable_slow_blocks(tmp_path):
+    blocks = readme_blocks(slow=True)
+    assert {lang for lang, _ in blocks} == {"bash", "python"}
+    _run_blocks(blocks, tmp_path, 1800)
