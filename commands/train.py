@@ -13,7 +13,8 @@ from t2lcli.options import JsonOpt, ProfileOpt
 
 EXAMPLES = """[b]Examples[/b]
 
-  t2l train --list-recipes
+  t2l train --list-recipes                                       # name, mode and description of each
+  t2l train smoke -o runs/smoke                                  # 30 steps on the shipped example tasks (< 2 min)
   t2l train --show-recipe default > my.yaml                      # print a shipped recipe to edit
   t2l train default -o runs/default                              # the shipped default checkpoint's recipe
   t2l train my.yaml -o runs/x --set train.steps=200 --set train.lr=1e-4

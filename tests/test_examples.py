@@ -43,6 +43,7 @@ SLOW = (
     "t2l merge out/math --export llamacpp",
     "t2l merge out/math --export ollama",
     "t2l bench",  # every measuring bench example (the --plan ones are fast, below)
+    "t2l train smoke",
 )
 FAST_OVERRIDES = ("t2l bench --plan --profile",)
 # the help groups in the order they run (later groups use what earlier ones wrote)
