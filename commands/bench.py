@@ -15,7 +15,7 @@ EXAMPLES = """[b]Examples[/b]
 
   t2l bench                                               # default shapes (SmolLM2-135M + MiniLM, L 128/512)
   t2l bench --shapes llama-3.1-8b --runs 20 --batch 1,8   # the official 230M Llama-8B hypernetwork, random weights
-  t2l bench --checkpoint runs/default/final --json --output bench.json
+  t2l bench --checkpoint default --json --output bench.json
   t2l bench --plan --profile gpu-16gb --shapes llama-3.1-8b
   t2l bench --plan --measure --profile gpu-24gb --shapes llama-3.1-8b   # on a GPU: plan vs measured peak
 """
@@ -25,11 +25,11 @@ def bench(
     checkpoint: CheckpointOpt = None,
     shapes: Annotated[str | None, typer.Option("--shapes", help="Random hypernetwork of official sizes: smollm2-135m, llama-3.1-8b, mistral-7b or gemma-2-2b.")] = None,
     variant: Annotated[str, typer.Option("--variant", help="Hypernetwork variant for --shapes: L, M or S.")] = "L",
-    runs: Annotated[int, typer.Option("--runs", "-n", help="Warm (in-process) repetitions.")] = 20,
+    runs: Annotated[int, typer.Option("--runs", help="Warm (in-process) repetitions.")] = 20,
     cold_runs: Annotated[int, typer.Option("--cold-runs", help="Fresh `t2l generate` processes (0 skips the cold measurement).")] = 5,
-    batch: Annotated[str, typer.Option("--batch", "-b", help="Batch sizes for throughput, comma-separated.")] = "1,8,64",
+    batch: Annotated[str, typer.Option("--batch-size", "--batch", "-b", help="Batch sizes for throughput, comma-separated (-b/--batch-size as in generate and eval).")] = "1,8,64",
     baseline: Annotated[str, typer.Option("--baseline", help="Load-the-base baseline: auto (full up to 3 GiB, else depth 4 scaled to full depth by bytes), full, sampled or none.")] = "auto",
-    plan: Annotated[bool, typer.Option("--plan", help="Print the profile's GPU memory budget for --shapes instead of benchmarking.")] = False,
+    plan: Annotated[bool, typer.Option("--plan", help="Print the profile's memory budget for --shapes (default: the profile's model) instead of benchmarking.")] = False,
     measure: Annotated[bool, typer.Option("--measure", help="With --plan, on CUDA: load the real-shaped base and measure peak VRAM.")] = False,
     context: Annotated[int, typer.Option("--context", help="--plan: tokens per sequence for the KV cache and activations.")] = 2048,
     clean: Annotated[bool, typer.Option("--clean", help="Delete the cached random models under $T2L_HOME/bench and exit.")] = False,
@@ -57,7 +57,7 @@ def bench(
     if output is not None:
         engine.check_writable(output)
     if plan:
-        name = shapes or "llama-3.1-8b"
+        name = shapes or engine.default_plan_shapes(prof)  # the profile's model (cpu: SmolLM2, gpu-*: Llama-3.1-8B)
         report = engine.measure_memory(name, prof, context) if measure else engine.plan_memory(name, prof, context, variant=variant)
         _finish(report, json_out, output, _print_plan)
         if report.get("fits") is False:
@@ -167,14 +167,19 @@ def _print_plan(p: dict) -> None:
     from rich.table import Table
 
     out = console.out_console()
-    t = Table(title=f"memory plan: {p['shapes']} on profile {p['profile']} (batch {p['batch']} x {p['context']} tokens)", title_justify="left")
+    gpu = p.get("gpu", True)
+    where = "" if gpu else ", host RAM: this profile puts nothing on a GPU"
+    t = Table(title=f"memory plan: {p['shapes']} on profile {p['profile']} (batch {p['batch']} x {p['context']} tokens{where})", title_justify="left")
     t.add_column("item")
-    t.add_column("GiB", justify="right")
+    t.add_column("GiB" if gpu else "host GiB", justify="right")
     t.add_column("how")
     for line in p["lines"]:
-        host = f" [dim](host RAM {line['host_gib']:.2f} GiB)[/dim]" if "host_gib" in line else ""
-        t.add_row(line["item"], f"{line['gib']:.2f}", line["detail"] + host)
-    t.add_row("[b]total[/b]", f"[b]{p['total_gib']:.2f}[/b]", "")
+        if gpu:
+            host = f" [dim](host RAM {line['host_gib']:.2f} GiB)[/dim]" if "host_gib" in line else ""
+            t.add_row(line["item"], f"{line['gib']:.2f}", line["detail"] + host)
+        else:
+            t.add_row(line["item"], f"{line.get('host_gib', 0.0):.2f}", line["detail"])
+    t.add_row("[b]total[/b]", f"[b]{p['total_gib'] if gpu else p['host_gib']:.2f}[/b]", "")
     out.print(t)
     if p["usable_gib"] is None:
         out.print("the profile declares no memory budget (memory_budget_gb: 0); nothing to fit")

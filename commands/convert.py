@@ -13,6 +13,7 @@ from t2lcli.options import ForceOpt, JsonOpt
 
 EXAMPLES = """[b]Examples[/b]
 
+  t2l convert default -o ckpt/default-fp32 --json                  # the shipped checkpoint, re-stored in fp32
   t2l convert trained_t2l/llama_8b_t2l -o ckpt/llama_8b_t2l
   t2l convert trained_t2l/gemma_2b_t2l -o ckpt/gemma_2b_t2l_bf16 --dtype bf16 --json
   t2l convert SakanaAI/text-to-lora/trained_t2l/llama_8b_t2l -o ckpt/llama_8b_t2l   # online: fetches only that folder
@@ -23,6 +24,8 @@ EXAMPLES = """[b]Examples[/b]
 class ConvertDtype(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
 
 
 def convert(

@@ -15,12 +15,12 @@ from t2lcli.options import BaseModelOpt, CheckpointOpt, ForceOpt, JsonOpt, Profi
 EXAMPLES = """[b]Examples[/b]
 
   t2l eval --tasks gsm8k,arc --limit 50                       # base, desc-prompt and t2l (default checkpoint)
-  t2l eval --tasks gsm8k,arc_easy --limit gsm8k=50 --limit arc_easy=100 -c runs/default/final
-  t2l eval --tasks gsm8k --checkpoint runs/default --conditions base,t2l,t2l-control --output results/gsm8k
+  t2l eval --tasks gsm8k,arc_easy --limit gsm8k=50 --limit arc_easy=100 -c runs/default/final   # a trained run
+  t2l eval --tasks gsm8k --checkpoint default --conditions base,t2l,t2l-control --output results/gsm8k
   t2l eval --tasks arc_easy --description "Answer grade-school science questions." --limit 100
   t2l eval --tasks boolq --conditions base,adapter --adapter out/boolq --adapter out/other
   t2l eval --tasks gsm8k,arc_easy --conditions base,lora --lora runs/mt_lora      # a multi-task LoRA row
-  t2l eval --tasks sni:data/sni/task1146_country_capital.jsonl --conditions base,t2l --limit 20
+  t2l eval --tasks sni:../shared/data/sni/task1146_country_capital.jsonl --conditions base,t2l --limit 20
   t2l eval --tasks humaneval --allow-code-exec --conditions base --limit 10
   T2L_DATA_DIR=../shared/data/benchmarks t2l eval --tasks piqa --conditions base --json
 """
@@ -31,7 +31,7 @@ def eval_cmd(
     conditions: Annotated[str | None, typer.Option("--conditions", help="Comma list of rows: base, desc-prompt, t2l, t2l-control (another task's descriptions), adapter, lora. Default: base,desc-prompt,t2l (+adapter/lora when given).")] = None,
     checkpoint: CheckpointOpt = None,
     description: Annotated[list[str] | None, typer.Option("--description", "-d", help="A task description for desc-prompt/t2l (repeatable; 'TASK=text' scopes it to one task). Default: three shipped per benchmark.")] = None,
-    descriptions_file: Annotated[Path | None, typer.Option("--descriptions-file", help="JSON {task: \\[description, ...]} for desc-prompt/t2l/t2l-control (e.g. a checkpoint's heldout_descriptions.json); --description TASK=... wins.")] = None,
+    descriptions_file: Annotated[Path | None, typer.Option("--descriptions-file", help="JSON {task: \\[description, ...]} for desc-prompt/t2l/t2l-control (e.g. a checkpoint's heldout_descriptions.json; '-' = standard input); --description TASK=... wins.")] = None,
     sni_prompt: Annotated[str, typer.Option("--sni-prompt", help="SNI prompt: 'definition' (SNI definition + input) or 'input' (the input only, as the default checkpoint was trained).")] = "definition",
     max_descriptions: Annotated[int | None, typer.Option("--max-descriptions", help="Use only the first K descriptions per task (each description is one more run).")] = None,
     adapter: Annotated[list[str] | None, typer.Option("--adapter", "-a", help="A PEFT LoRA folder to evaluate (repeatable; one row each).")] = None,
@@ -39,7 +39,7 @@ def eval_cmd(
     limit: Annotated[list[str] | None, typer.Option("--limit", "-n", help="Evaluate only the first N documents of each task; TASK=N for one task (repeatable).")] = None,
     num_fewshot: Annotated[int | None, typer.Option("--num-fewshot", "-k", help="Few-shot examples per prompt (default 0, the zero-shot setting).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Cap on generated tokens (defaults: gsm8k 256, code 512, SNI 128).")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Base-model batch size for scoring (default: profile base.batch_size).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Base-model batch size for scoring (default: profile base.batch_size).")] = None,
     gen_batch_size: Annotated[int | None, typer.Option("--gen-batch-size", help="Batch size for generation (default: 64 on a CPU, else --batch-size).")] = None,
     backend: Annotated[str, typer.Option("--backend", help="hf (default; CPU or GPU) or vllm (CUDA only; pip install 't2lcli\\[vllm]').")] = "hf",
     base_model: BaseModelOpt = None,

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from t2lcli import console
-from t2lcli.errors import InputError
+from t2lcli.errors import InputError, UsageError
 from t2lcli.options import (
     DTYPE_NAMES,
     BaseModelOpt,
@@ -25,16 +25,16 @@ from t2lcli.options import (
 EXAMPLES = """[b]Examples[/b]
 
   t2l generate "Answer grade-school math word problems step by step." -o out/math
-  t2l generate --from-file tasks.jsonl -o out/ --json          # one adapter per line
-  cat descriptions.txt | t2l generate --from-file - -o out/
+  t2l generate --from-file demo/tasks.jsonl -o out/ --json     # one adapter per line ({"name", "description"})
+  cat demo/descriptions.txt | t2l generate - -o out/          # '-' = standard input, one per line
   t2l generate "Classify the sentiment of a review." -o out/sent --preview "I loved it!"
   t2l generate --checkpoint llama_8b_t2l/ --embedding-file emb.safetensors -o out/x
 """
 
 
 def generate(
-    description: Annotated[str | None, typer.Argument(help="The task description (omit with --from-file or --embedding-file).")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (batch: parent folder of one folder per item).")] = Path("out"),
+    description: Annotated[str | None, typer.Argument(help="The task description; '-' reads descriptions from standard input (like --from-file -).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Adapter folder (default out/<slug of the description>/); batch: the parent of one folder per item (default out/).")] = None,
     from_file: Annotated[str | None, typer.Option("--from-file", "-f", help=".txt (one per line) or .jsonl ({description, name}); '-' = stdin.")] = None,
     embedding_file: Annotated[Path | None, typer.Option("--embedding-file", help="Precomputed normalised embeddings [n, dim] (.safetensors/.npy); bypasses the encoder.")] = None,
     checkpoint: CheckpointOpt = None,
@@ -42,9 +42,10 @@ def generate(
     dtype: Annotated[Dtype | None, typer.Option("--dtype", help="dtype of the written tensors (default fp32).")] = None,
     scale: Annotated[float, typer.Option("--scale", help="Strength multiplier folded into lora_B (recorded in the card).")] = 1.0,
     scaling: Annotated[str, typer.Option("--scaling", help="rslora (alpha/sqrt(r), as trained; default) or lora (alpha/r, the published vLLM eval).")] = "rslora",
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Descriptions per forward pass (default: profile).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Descriptions per forward pass (default: profile).")] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Batch: report bad lines and continue instead of stopping.")] = False,
-    preview: Annotated[str | None, typer.Option("--preview", help="Load the base model and print base vs adapted output for this input.")] = None,
+    preview: Annotated[str | None, typer.Option("--preview", help="Load the base model and print base vs adapted output for this input (a batch: the first adapter, named).")] = None,
+    preview_all: Annotated[bool, typer.Option("--preview-all", help="With --preview and a batch: preview every adapter, not only the first.")] = False,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate for --preview.")] = 64,
     profile: ProfileOpt = None,
     set_: SetOpt = None,
@@ -55,15 +56,21 @@ def generate(
     """Generate LoRA adapters from task descriptions (no base-model weights are loaded)."""
     from t2lcli.hardware import load_profile
 
+    if description == "-":  # '-' is standard input, as for --from-file -
+        if from_file is not None:
+            raise UsageError("give DESCRIPTION '-' (standard input) or --from-file, not both", hint="see t2l generate --help")
+        description, from_file = None, "-"
     sources = [x for x in (description is not None, from_file is not None, embedding_file is not None) if x]
     if len(sources) != 1:
-        raise InputError("give exactly one of: a DESCRIPTION, --from-file FILE, or --embedding-file FILE", hint="see t2l generate --help")
+        raise UsageError("give exactly one of: a DESCRIPTION, --from-file FILE, or --embedding-file FILE", hint="see t2l generate --help")
     if scale != scale or abs(scale) == float("inf"):
         raise InputError("--scale must be a finite number")
     if scaling not in ("rslora", "lora"):
         raise InputError(f"--scaling must be rslora or lora, got '{scaling}'")
     if batch_size is not None and batch_size < 1:
         raise InputError("--batch-size must be at least 1")
+    if preview_all and preview is None:
+        raise UsageError("--preview-all goes with --preview TEXT", hint='t2l generate --from-file FILE --preview "an input" --preview-all')
     prof = load_profile(profile, set_)
 
     from t2lcli.engine.run_generate import GenerateRequest, run_generate
@@ -72,18 +79,21 @@ def generate(
         description=description, output=output, from_file=from_file, embedding_file=embedding_file, checkpoint=checkpoint,
         base_model=base_model, dtype=DTYPE_NAMES[(dtype or Dtype.fp32).value], scale=scale, scaling=scaling,
         batch_size=batch_size or prof.hypernet.batch_size, skip_bad=skip_bad, force=force, trust_remote_code=trust_remote_code,
-        keep_results=False,
+        keep_results=preview_all,
     )
     t0 = time.perf_counter()
     results = run_generate(req, prof, on_result=(console.emit_json if json_out else _print_result))
     if preview is not None and results:
         from t2lcli.engine.preview import preview_adapter
 
-        res = preview_adapter(Path(results[0]["path"]), preview, prof, base_model, max_new_tokens)
-        if json_out:
-            console.emit_json({"preview": res})
-        else:
-            console.emit(f"input:   {preview}\nbase:    {res['base']}\nadapted: {res['adapted']}")
+        batch = description is None
+        for r in results if preview_all else results[:1]:
+            res = preview_adapter(Path(r["path"]), preview, prof, base_model, max_new_tokens)
+            if json_out:
+                console.emit_json({"preview": {**res, "adapter": r["path"]}})
+            else:
+                which = f"adapter: {r['path']}" + ("" if preview_all or not batch else " (the first of the batch; --preview-all previews each)")
+                console.emit(f"{which}\ninput:   {preview}\nbase:    {res['base']}\nadapted: {res['adapted']}")
     console.debug(f"total {time.perf_counter() - t0:.3f}s")
 
 

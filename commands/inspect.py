@@ -15,11 +15,11 @@ EXAMPLES = """[b]Examples[/b]
 
   t2l inspect out/math                                  # a PEFT adapter: scale, ΔW norms, effective rank, verdict
   t2l inspect out/math --compat vllm                    # checklist; exit 0 only when compatible
-  t2l inspect out/math --compat llamacpp --json
+  t2l inspect out/math --compat peft --json
   t2l inspect out/a out/b out/c --similarity            # cosine similarity of the flattened ΔW
   t2l inspect out/ --similarity --space embedding       # of the description embeddings (every adapter under out/)
   t2l inspect out/ --plot adapters.png                  # 2-D projection coloured by task/cluster (needs matplotlib)
-  t2l inspect path/to/checkpoint --json                 # a native or official T2L checkpoint
+  t2l inspect default --json                            # a T2L checkpoint: default, a native or an official folder
   t2l inspect profile gpu-16gb --json                   # a resolved hardware profile
 """
 

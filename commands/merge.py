@@ -16,10 +16,10 @@ EXAMPLES = """[b]Examples[/b]
   t2l merge out/math out/code --weights 0.6,0.4 -o out/mathcode        # exact weighted sum (method linear)
   t2l merge a/ b/ c/ --weights 0.5,0.3,0.2 --method svd --rank 8 -o out/abc
   t2l merge a/ b/ --method ties --density 0.2 -o out/ab
-  t2l merge -c ckpt/ --description "Solve math word problems." --description "Answer in French." --weights 0.7,0.3 -o out/mix
+  t2l merge -c default --description "Solve math word problems." --description "Answer in French." --weights 0.7,0.3 -o out/mix
   t2l merge out/math --export vllm -o serve/math --max-lora-rank 16    # prints the `vllm serve` command
   t2l merge out/math --export llamacpp -o gguf/math                   # adapter.gguf + the `llama-cli --lora` command
-  t2l merge out/math --export ollama -o ollama/math                   # adapter.gguf + Modelfile
+  t2l merge out/math --export ollama --runtime-base smollm2:135m -o ollama/math   # adapter.gguf + Modelfile
 """
 
 

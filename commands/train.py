@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 
 from t2lcli import console
-from t2lcli.errors import InputError
-from t2lcli.options import JsonOpt, ProfileOpt, SetOpt
+from t2lcli.errors import InputError, UsageError
+from t2lcli.options import JsonOpt, ProfileOpt
 
 EXAMPLES = """[b]Examples[/b]
 
-  t2l train --list-recipes
+  t2l train --list-recipes                                       # name, mode and description of each
+  t2l train smoke -o runs/smoke                                  # 30 steps on the shipped example tasks (< 2 min)
   t2l train --show-recipe default > my.yaml                      # print a shipped recipe to edit
   t2l train default -o runs/default                              # the shipped default checkpoint's recipe
   t2l train my.yaml -o runs/x --set train.steps=200 --set train.lr=1e-4
@@ -25,11 +26,11 @@ EXAMPLES = """[b]Examples[/b]
 
 
 def train(
-    recipe: Annotated[str | None, typer.Argument(help="A shipped recipe name or a recipe YAML path.")] = None,
+    recipe: Annotated[str | None, typer.Argument(help="A shipped recipe name, a recipe YAML path, or '-' (standard input).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder (checkpoints/, metrics.jsonl, final/).")] = None,
-    set_: SetOpt = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key, e.g. --set train.steps=200 or --set base_model=DIR (repeatable).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output from its latest checkpoint.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Delete an existing run in --output and start over.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an earlier t2l run (or other t2l output) in --output and start over; never a folder t2l did not write.")] = False,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps (overrides the recipe's train.steps if lower).")] = None,
     time_budget: Annotated[float | None, typer.Option("--time-budget", help="Stop (with a checkpoint) after this many seconds.")] = None,
     list_recipes: Annotated[bool, typer.Option("--list-recipes", help="List the shipped recipes and exit.")] = False,
@@ -41,18 +42,22 @@ def train(
     from t2lcli import recipe as recipes
 
     if list_recipes:
-        for name in recipes.list_recipes():
-            console.emit(name)
+        rows = recipes.recipe_summaries()
+        if json_out:
+            console.emit_json(rows)
+        else:
+            for row in rows:
+                console.emit(f"{row['name']:<16} {row['mode']:<5} {row['description']}")
         return
     if show_recipe:
         console.emit(recipes.locate_recipe(show_recipe).read_text(encoding="utf-8").rstrip())
         return
     if recipe is None or output is None:
-        raise InputError("give a RECIPE and --output DIR", hint="t2l train --list-recipes shows the shipped recipes")
+        raise UsageError("give a RECIPE and --output DIR", hint="t2l train --list-recipes shows the shipped recipes")
     if max_steps is not None and max_steps < 1:
         raise InputError("--max-steps must be at least 1")
     if resume and force:
-        raise InputError("--resume and --force contradict each other")
+        raise UsageError("--resume and --force contradict each other")
     rec = recipes.load_recipe(recipe, set_)
     from t2lcli.hardware import load_profile
 

@@ -17,10 +17,10 @@ _t2l() {
         generate:--embedding-file) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
         generate:--checkpoint|generate:-c) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
         generate:--base-model|generate:-m) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
-        generate:--dtype) COMPREPLY=( $(compgen -W "fp32 bf16 fp16" -- "$cur") ); return 0 ;;
+        generate:--dtype) COMPREPLY=( $(compgen -W "fp32 bf16 fp16 float32 bfloat16 float16" -- "$cur") ); return 0 ;;
         generate:--scale) COMPREPLY=(); return 0 ;;
         generate:--scaling) COMPREPLY=( $(compgen -W "rslora lora" -- "$cur") ); return 0 ;;
-        generate:--batch-size) COMPREPLY=(); return 0 ;;
+        generate:--batch-size|generate:-b) COMPREPLY=(); return 0 ;;
         generate:--preview) COMPREPLY=(); return 0 ;;
         generate:--max-new-tokens) COMPREPLY=(); return 0 ;;
         generate:--profile|generate:-p) COMPREPLY=( $(compgen -W "cpu gpu-16gb gpu-24gb gpu-80gb" -- "$cur") ); return 0 ;;
@@ -42,7 +42,7 @@ _t2l() {
         eval:--limit|eval:-n) COMPREPLY=(); return 0 ;;
         eval:--num-fewshot|eval:-k) COMPREPLY=(); return 0 ;;
         eval:--max-new-tokens) COMPREPLY=(); return 0 ;;
-        eval:--batch-size) COMPREPLY=(); return 0 ;;
+        eval:--batch-size|eval:-b) COMPREPLY=(); return 0 ;;
         eval:--gen-batch-size) COMPREPLY=(); return 0 ;;
         eval:--backend) COMPREPLY=(); return 0 ;;
         eval:--base-model|eval:-m) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
@@ -55,9 +55,9 @@ _t2l() {
         bench:--checkpoint|bench:-c) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
         bench:--shapes) COMPREPLY=( $(compgen -W "gemma-2-2b llama-3.1-8b mistral-7b smollm2-135m" -- "$cur") ); return 0 ;;
         bench:--variant) COMPREPLY=( $(compgen -W "L M S" -- "$cur") ); return 0 ;;
-        bench:--runs|bench:-n) COMPREPLY=(); return 0 ;;
+        bench:--runs) COMPREPLY=(); return 0 ;;
         bench:--cold-runs) COMPREPLY=(); return 0 ;;
-        bench:--batch|bench:-b) COMPREPLY=(); return 0 ;;
+        bench:--batch|bench:--batch-size|bench:-b) COMPREPLY=(); return 0 ;;
         bench:--baseline) COMPREPLY=( $(compgen -W "auto full sampled none" -- "$cur") ); return 0 ;;
         bench:--context) COMPREPLY=(); return 0 ;;
         bench:--profile|bench:-p) COMPREPLY=( $(compgen -W "cpu gpu-16gb gpu-24gb gpu-80gb" -- "$cur") ); return 0 ;;
@@ -73,7 +73,7 @@ _t2l() {
         merge:--description|merge:-d) COMPREPLY=(); return 0 ;;
         merge:--checkpoint|merge:-c) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
         merge:--base-model|merge:-m) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
-        merge:--dtype) COMPREPLY=( $(compgen -W "fp32 bf16 fp16" -- "$cur") ); return 0 ;;
+        merge:--dtype) COMPREPLY=( $(compgen -W "fp32 bf16 fp16 float32 bfloat16 float16" -- "$cur") ); return 0 ;;
         merge:--max-shard-size) COMPREPLY=(); return 0 ;;
         merge:--max-lora-rank) COMPREPLY=(); return 0 ;;
         merge:--name) COMPREPLY=(); return 0 ;;
@@ -81,7 +81,7 @@ _t2l() {
         merge:--profile|merge:-p) COMPREPLY=( $(compgen -W "cpu gpu-16gb gpu-24gb gpu-80gb" -- "$cur") ); return 0 ;;
         merge:--set) COMPREPLY=(); return 0 ;;
         convert:--output|convert:-o) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
-        convert:--dtype) COMPREPLY=( $(compgen -W "fp32 bf16" -- "$cur") ); return 0 ;;
+        convert:--dtype) COMPREPLY=( $(compgen -W "fp32 bf16 float32 bfloat16" -- "$cur") ); return 0 ;;
         train:--output|train:-o) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
         train:--set) COMPREPLY=(); return 0 ;;
         train:--max-steps) COMPREPLY=(); return 0 ;;
@@ -91,10 +91,10 @@ _t2l() {
     esac
     case "$cmd" in
         "") opts="generate inspect eval bench merge convert train --version --verbose -v --help -h" ;;
-        generate) opts="--output -o --from-file -f --embedding-file --checkpoint -c --base-model -m --dtype --scale --scaling --batch-size --skip-bad --preview --max-new-tokens --profile -p --set --force --json --trust-remote-code --help -h" ;;
+        generate) opts="--output -o --from-file -f --embedding-file --checkpoint -c --base-model -m --dtype --scale --scaling --batch-size -b --skip-bad --preview --preview-all --max-new-tokens --profile -p --set --force --json --trust-remote-code --help -h" ;;
         inspect) opts="--compat --similarity --space --plot --clusters --set --json --trust-remote-code --help -h" ;;
-        eval) opts="--tasks -t --conditions --checkpoint -c --description -d --descriptions-file --sni-prompt --max-descriptions --adapter -a --lora --limit -n --num-fewshot -k --max-new-tokens --batch-size --gen-batch-size --backend --base-model -m --scaling --no-chat-template --data-dir --allow-code-exec --seed --log-samples --output -o --profile -p --set --force --json --trust-remote-code --help -h" ;;
-        bench) opts="--checkpoint -c --shapes --variant --runs -n --cold-runs --batch -b --baseline --plan --measure --context --clean --profile -p --set --json --output -o --help -h" ;;
+        eval) opts="--tasks -t --conditions --checkpoint -c --description -d --descriptions-file --sni-prompt --max-descriptions --adapter -a --lora --limit -n --num-fewshot -k --max-new-tokens --batch-size -b --gen-batch-size --backend --base-model -m --scaling --no-chat-template --data-dir --allow-code-exec --seed --log-samples --output -o --profile -p --set --force --json --trust-remote-code --help -h" ;;
+        bench) opts="--checkpoint -c --shapes --variant --runs --cold-runs --batch --batch-size -b --baseline --plan --measure --context --clean --profile -p --set --json --output -o --help -h" ;;
         merge) opts="--output -o --into-base --export --method --weights -w --rank -r --density --seed --description -d --checkpoint -c --base-model -m --dtype --max-shard-size --max-lora-rank --name --runtime-base --profile -p --set --force --json --trust-remote-code --help -h" ;;
         convert) opts="--output -o --dtype --force --json --help -h" ;;
         train) opts="--output -o --set --resume --force --max-steps --time-budget --list-recipes --show-recipe --profile -p --json --help -h" ;;

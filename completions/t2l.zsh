@@ -26,21 +26,22 @@ _t2l() {
       case $line[1] in
         generate)
           _arguments \
-            '(--output -o)'{--output,-o}'[Output folder (batch - parent folder of one folder per item).]:output:_files' \
+            '(--output -o)'{--output,-o}'[Adapter folder (default out/<slug of the description>/); batch - the parent of one folder per item (default out/).]:output:_files' \
             '(--from-file -f)'{--from-file,-f}'[.txt (one per line) or .jsonl ({description, name}); - = stdin.]:from-file:_files' \
             '--embedding-file[Precomputed normalised embeddings (n, dim) (.safetensors/.npy); bypasses the encoder.]:embedding-file:_files' \
             '(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files' \
             '(--base-model -m)'{--base-model,-m}'[Base model - registry name, local folder or hub id.]:base-model:_files' \
-            '--dtype[dtype of the written tensors (default fp32).]:dtype:(fp32 bf16 fp16)' \
+            '--dtype[dtype of the written tensors (default fp32).]:dtype:(fp32 bf16 fp16 float32 bfloat16 float16)' \
             '--scale[Strength multiplier folded into lora_B (recorded in the card).]:scale: ' \
             '--scaling[rslora (alpha/sqrt(r), as trained; default) or lora (alpha/r, the published vLLM eval).]:scaling:(rslora lora)' \
-            '--batch-size[Descriptions per forward pass (default - profile).]:batch-size: ' \
+            '(--batch-size -b)'{--batch-size,-b}'[Descriptions per forward pass (default - profile).]:batch-size: ' \
             '--skip-bad[Batch - report bad lines and continue instead of stopping.]' \
-            '--preview[Load the base model and print base vs adapted output for this input.]:preview: ' \
+            '--preview[Load the base model and print base vs adapted output for this input (a batch - the first adapter, named).]:preview: ' \
+            '--preview-all[With --preview and a batch - preview every adapter, not only the first.]' \
             '--max-new-tokens[Tokens to generate for --preview.]:max-new-tokens: ' \
             '(--profile -p)'{--profile,-p}'[Hardware profile - a shipped name (cpu, gpu-16gb, gpu-24gb, gpu-80gb) or a YAML path.]:profile:(cpu gpu-16gb gpu-24gb gpu-80gb)' \
             '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
-            '--force[Replace existing output (otherwise refuse and touch nothing).]' \
+            '--force[Replace an earlier t2l output at -o (never a folder or file t2l did not write; without it - refuse, touch nothing).]' \
             '--json[Print machine-readable JSON on stdout.]' \
             '--trust-remote-code[Allow encoders that run code from their repository (gte-large-en-v1.5).]' \
             '(--help -h)'{--help,-h}'[Show the help and exit.]' \
@@ -65,7 +66,7 @@ _t2l() {
             '--conditions[Comma list of rows - base, desc-prompt, t2l, t2l-control (another tasks descriptions), adapter, lora. Default - base,desc-prompt,t2l (+adapter/lora when given).]:conditions: ' \
             '(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files' \
             '*'{--description,-d}'[A task description for desc-prompt/t2l (repeatable; TASK=text scopes it to one task). Default - three shipped per benchmark.]:description: ' \
-            '--descriptions-file[JSON {task - (description, ...)} for desc-prompt/t2l/t2l-control (e.g. a checkpoints heldout_descriptions.json); --description TASK=... wins.]:descriptions-file:_files' \
+            '--descriptions-file[JSON {task - (description, ...)} for desc-prompt/t2l/t2l-control (e.g. a checkpoints heldout_descriptions.json; - = standard input); --description TASK=... wins.]:descriptions-file:_files' \
             '--sni-prompt[SNI prompt - definition (SNI definition + input) or input (the input only, as the default checkpoint was trained).]:sni-prompt: ' \
             '--max-descriptions[Use only the first K descriptions per task (each description is one more run).]:max-descriptions: ' \
             '*'{--adapter,-a}'[A PEFT LoRA folder to evaluate (repeatable; one row each).]:adapter: ' \
@@ -73,7 +74,7 @@ _t2l() {
             '*'{--limit,-n}'[Evaluate only the first N documents of each task; TASK=N for one task (repeatable).]:limit: ' \
             '(--num-fewshot -k)'{--num-fewshot,-k}'[Few-shot examples per prompt (default 0, the zero-shot setting).]:num-fewshot: ' \
             '--max-new-tokens[Cap on generated tokens (defaults - gsm8k 256, code 512, SNI 128).]:max-new-tokens: ' \
-            '--batch-size[Base-model batch size for scoring (default - profile base.batch_size).]:batch-size: ' \
+            '(--batch-size -b)'{--batch-size,-b}'[Base-model batch size for scoring (default - profile base.batch_size).]:batch-size: ' \
             '--gen-batch-size[Batch size for generation (default - 64 on a CPU, else --batch-size).]:gen-batch-size: ' \
             '--backend[hf (default; CPU or GPU) or vllm (CUDA only; pip install t2lcli(vllm)).]:backend: ' \
             '(--base-model -m)'{--base-model,-m}'[Base model - registry name, local folder or hub id.]:base-model:_files' \
@@ -86,7 +87,7 @@ _t2l() {
             '(--output -o)'{--output,-o}'[Results folder (results.json, results.csv, table.txt). Default results/eval-DATE-TIME.]:output:_files' \
             '(--profile -p)'{--profile,-p}'[Hardware profile - a shipped name (cpu, gpu-16gb, gpu-24gb, gpu-80gb) or a YAML path.]:profile:(cpu gpu-16gb gpu-24gb gpu-80gb)' \
             '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
-            '--force[Replace existing output (otherwise refuse and touch nothing).]' \
+            '--force[Replace an earlier t2l output at -o (never a folder or file t2l did not write; without it - refuse, touch nothing).]' \
             '--json[Print machine-readable JSON on stdout.]' \
             '--trust-remote-code[Allow encoders that run code from their repository (gte-large-en-v1.5).]' \
             '(--help -h)'{--help,-h}'[Show the help and exit.]' \
@@ -97,11 +98,11 @@ _t2l() {
             '(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files' \
             '--shapes[Random hypernetwork of official sizes - smollm2-135m, llama-3.1-8b, mistral-7b or gemma-2-2b.]:shapes:(gemma-2-2b llama-3.1-8b mistral-7b smollm2-135m)' \
             '--variant[Hypernetwork variant for --shapes - L, M or S.]:variant:(L M S)' \
-            '(--runs -n)'{--runs,-n}'[Warm (in-process) repetitions.]:runs: ' \
+            '--runs[Warm (in-process) repetitions.]:runs: ' \
             '--cold-runs[Fresh `t2l generate` processes (0 skips the cold measurement).]:cold-runs: ' \
-            '(--batch -b)'{--batch,-b}'[Batch sizes for throughput, comma-separated.]:batch: ' \
+            '(--batch --batch-size -b)'{--batch,--batch-size,-b}'[Batch sizes for throughput, comma-separated (-b/--batch-size as in generate and eval).]:batch: ' \
             '--baseline[Load-the-base baseline - auto (full up to 3 GiB, else depth 4 scaled to full depth by bytes), full, sampled or none.]:baseline:(auto full sampled none)' \
-            '--plan[Print the profiles GPU memory budget for --shapes instead of benchmarking.]' \
+            '--plan[Print the profiles memory budget for --shapes (default - the profiles model) instead of benchmarking.]' \
             '--measure[With --plan, on CUDA - load the real-shaped base and measure peak VRAM.]' \
             '--context[--plan - tokens per sequence for the KV cache and activations.]:context: ' \
             '--clean[Delete the cached random models under $T2L_HOME/bench and exit.]' \
@@ -125,14 +126,14 @@ _t2l() {
             '*'{--description,-d}'[A task description to mix (repeatable); uses --checkpoint.]:description: ' \
             '(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files' \
             '(--base-model -m)'{--base-model,-m}'[Base model - registry name, local folder or hub id.]:base-model:_files' \
-            '--dtype[--into-base - dtype of the merged weights (default - the profiles base dtype).]:dtype:(fp32 bf16 fp16)' \
+            '--dtype[--into-base - dtype of the merged weights (default - the profiles base dtype).]:dtype:(fp32 bf16 fp16 float32 bfloat16 float16)' \
             '--max-shard-size[--into-base - largest safetensors shard, e.g. 2GB or 500MB.]:max-shard-size: ' \
             '--max-lora-rank[vllm/sglang - the servers max LoRA rank; a larger adapter is refused.]:max-lora-rank: ' \
             '--name[Adapter name in the printed serving command (default - the output folders name).]:name: ' \
             '--runtime-base[The base as the runtime names it - hub id (vllm/sglang), .gguf path or Ollama model (llamacpp/ollama).]:runtime-base: ' \
             '(--profile -p)'{--profile,-p}'[Hardware profile - a shipped name (cpu, gpu-16gb, gpu-24gb, gpu-80gb) or a YAML path.]:profile:(cpu gpu-16gb gpu-24gb gpu-80gb)' \
             '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
-            '--force[Replace existing output (otherwise refuse and touch nothing).]' \
+            '--force[Replace an earlier t2l output at -o (never a folder or file t2l did not write; without it - refuse, touch nothing).]' \
             '--json[Print machine-readable JSON on stdout.]' \
             '--trust-remote-code[Allow encoders that run code from their repository (gte-large-en-v1.5).]' \
             '(--help -h)'{--help,-h}'[Show the help and exit.]' \
@@ -141,8 +142,8 @@ _t2l() {
         convert)
           _arguments \
             '(--output -o)'{--output,-o}'[Native checkpoint folder to write (t2l_config.json + hypernet.safetensors).]:output:_files' \
-            '--dtype[Stored weight dtype (fp32 keeps generation byte-identical).]:dtype:(fp32 bf16)' \
-            '--force[Replace existing output (otherwise refuse and touch nothing).]' \
+            '--dtype[Stored weight dtype (fp32 keeps generation byte-identical).]:dtype:(fp32 bf16 float32 bfloat16)' \
+            '--force[Replace an earlier t2l output at -o (never a folder or file t2l did not write; without it - refuse, touch nothing).]' \
             '--json[Print machine-readable JSON on stdout.]' \
             '(--help -h)'{--help,-h}'[Show the help and exit.]' \
             '*: :_files'
@@ -150,9 +151,9 @@ _t2l() {
         train)
           _arguments \
             '(--output -o)'{--output,-o}'[Run folder (checkpoints/, metrics.jsonl, final/).]:output:_files' \
-            '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
+            '*--set[Override a recipe key, e.g. --set train.steps=200 or --set base_model=DIR (repeatable).]:set: ' \
             '--resume[Continue the run in --output from its latest checkpoint.]' \
-            '--force[Delete an existing run in --output and start over.]' \
+            '--force[Replace an earlier t2l run (or other t2l output) in --output and start over; never a folder t2l did not write.]' \
             '--max-steps[Stop after this many steps (overrides the recipes train.steps if lower).]:max-steps: ' \
             '--time-budget[Stop (with a checkpoint) after this many seconds.]:time-budget: ' \
             '--list-recipes[List the shipped recipes and exit.]' \

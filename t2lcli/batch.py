@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import IO
 
 from t2lcli.errors import InputError
+from t2lcli.text import MAX_DESCRIPTION_CHARS, description_problem, valid_text
+
+__all__ = ["MAX_DESCRIPTION_CHARS", "BadLine", "Item", "description_problem", "iter_items", "slugify", "valid_text"]
 
 MAX_NAME = 80
-MAX_DESCRIPTION_CHARS = 20_000  # a task description is a sentence or a paragraph (t2lcli.engine.encoder uses it too)
 MAX_LINE_BYTES = 1 << 20  # a longer batch line is reported (and skipped with --skip-bad) without being held in memory
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
 
@@ -32,30 +34,6 @@ class Item:
 class BadLine:
     line: int
     reason: str
-
-
-def valid_text(text: str) -> str:
-    """`text` with lone surrogates (undecodable bytes in argv, `\\ud800` escapes in JSON) replaced by U+FFFD, so it
-    can be written to UTF-8 files and printed."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        pass
-    try:  # undecodable bytes of an argument (surrogateescape): back to the bytes, one U+FFFD per bad sequence
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-
-
-def description_problem(text: str) -> str | None:
-    """Why `text` cannot be a description (empty or over-long), or None."""
-    n = len(text.strip())
-    if n == 0:
-        return "empty description"
-    if n > MAX_DESCRIPTION_CHARS:
-        return f"description is {n} characters; the limit is {MAX_DESCRIPTION_CHARS}"
-    return None
 
 
 def slugify(text: str, fallback: str) -> str:
@@ -90,6 +68,9 @@ def _open(source: str) -> IO[bytes]:
     if source == "-":
         return sys.stdin.buffer
     path = Path(source)
+    from t2lcli.engine.atomic import check_readable
+
+    check_readable(path, "batch file")
     if not path.is_file():
         raise InputError(f"batch file not found: {source}")
     return open(path, "rb")

@@ -72,7 +72,7 @@ def _known_message(exc: BaseException) -> tuple[str, str | None] | None:
     if isinstance(exc, FileNotFoundError):
         return f"file not found: {exc.filename or exc}", "check the path"
     if isinstance(exc, PermissionError):
-        return f"permission denied: {exc.filename or exc}", "choose a writable location"
+        return f"permission denied: {exc.filename or exc}", "check its permissions: inputs must be readable, outputs writable, by this user"
     if isinstance(exc, OSError) and exc.errno == 28:
         return "no space left on device; nothing partial was kept", "free some disk space and retry"
     if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:

@@ -50,6 +50,12 @@ class InputError(T2LError):
     """Bad user input: an empty description, a malformed batch line, a bad flag combination."""
 
 
+class UsageError(InputError):
+    """A wrong combination of arguments (a missing required one, two that contradict): exit code 2, like click's."""
+
+    exit_code = 2
+
+
 class OutputExistsError(T2LError):
     """The output already exists; nothing was touched."""
 

@@ -14,6 +14,9 @@ from typing import Any
 from t2lcli.errors import ProfileError, format_problems, show_key, show_value
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+# The one dtype spelling table: every --dtype flag and every `--set *.dtype=` accepts each spelling on the left.
+DTYPE_SPELLINGS = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+                   "fp16": "float16", "float16": "float16"}
 QUANTIZATION = ("none", "8bit", "4bit")
 ATTN = ("eager", "sdpa", "flash_attention_2", "auto")
 DEVICES = ("cpu", "cuda", "auto", "mps")
@@ -125,7 +128,10 @@ def _check_value(where: str, key: str, value: Any, default: Any, problems: list[
         if not isinstance(value, str):
             problems.append(f"{where}{key}: expected a string, got {show_value(value)}")
             return value
-        allowed = {"dtype": DTYPES, "quantization": QUANTIZATION, "attn_implementation": ATTN}.get(key)
+        if key == "dtype":
+            value = DTYPE_SPELLINGS.get(value.lower(), value)
+        allowed = {"dtype": (*DTYPES, *(k for k in DTYPE_SPELLINGS if k not in DTYPES)),
+                   "quantization": QUANTIZATION, "attn_implementation": ATTN}.get(key)
         if allowed and value not in allowed:
             problems.append(f"{where}{key}: {show_value(value)} is not one of {', '.join(allowed)}")
         if key == "device" and value.split(":")[0] not in DEVICES:

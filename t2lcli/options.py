@@ -8,14 +8,21 @@ from typing import Annotated
 
 import typer
 
+from t2lcli.hardware import DTYPE_SPELLINGS
+
 
 class Dtype(str, Enum):
+    """Every spelling of t2lcli.hardware.DTYPE_SPELLINGS (bf16 = bfloat16, …)."""
+
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
 
 
-DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DTYPE_NAMES = DTYPE_SPELLINGS
 
 ProfileOpt = Annotated[
     str | None, typer.Option("--profile", "-p", help="Hardware profile: a shipped name (cpu, gpu-16gb, gpu-24gb, gpu-80gb) or a YAML path.")
@@ -30,7 +37,9 @@ BaseModelOpt = Annotated[
     str | None, typer.Option("--base-model", "-m", help="Base model: registry name, local folder or hub id.")
 ]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Output folder.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace existing output (otherwise refuse and touch nothing).")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Replace an earlier t2l output at -o (never a folder or file t2l did not write; without it: refuse, touch nothing).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 TrustRemoteCodeOpt = Annotated[
     bool, typer.Option("--trust-remote-code", help="Allow encoders that run code from their repository (gte-large-en-v1.5).")

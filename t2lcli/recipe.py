@@ -174,6 +174,31 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
 
 
+def _beside_recipe(recipe: Recipe, folder: Path) -> None:
+    """Relative data paths are relative to the current folder, else to the recipe's folder (so the example data
+    shipped beside a recipe is found from anywhere)."""
+    d = recipe.data
+    for attr in ("user_jsonl", "user_descriptions"):
+        value = getattr(d, attr)
+        if isinstance(value, str) and value and not Path(value).is_absolute() and not Path(value).exists() and (folder / value).exists():
+            setattr(d, attr, str(folder / value))
+
+
+def recipe_summaries() -> list[dict[str, str]]:
+    """name, mode and description of each shipped recipe (what `t2l train --list-recipes` shows)."""
+    from t2lcli.safe_yaml import load_yaml
+
+    rows = []
+    for name in list_recipes():
+        try:
+            data = load_yaml((recipes_dir() / f"{name}.yaml").read_text(encoding="utf-8")) or {}
+        except Exception:  # a shipped file is valid YAML (tests load each); never fail a listing on one
+            data = {}
+        desc = str(data.get("description") or "").strip().splitlines()
+        rows.append({"name": name, "mode": str(data.get("mode") or "sft"), "description": desc[0] if desc else ""})
+    return rows
+
+
 def locate_recipe(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.is_file():
@@ -189,11 +214,19 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     from t2lcli.hardware import parse_set_overrides
     from t2lcli.safe_yaml import MAX_BYTES, YamlError, load_yaml
 
-    path = locate_recipe(name_or_path)
+    path = Path("<stdin>") if name_or_path == "-" else locate_recipe(name_or_path)
     try:
-        if path.stat().st_size > MAX_BYTES:
-            raise ConfigError(f"recipe {path} is larger than 1 MB; refusing to parse it")
-        data = load_yaml(path.read_text(encoding="utf-8"))
+        if name_or_path == "-":  # '-' is standard input: `t2l train --show-recipe smoke | t2l train - -o runs/x`
+            import sys
+
+            raw = sys.stdin.buffer.read(MAX_BYTES + 1)
+            if len(raw) > MAX_BYTES:
+                raise ConfigError("the recipe on standard input is larger than 1 MB; refusing to parse it")
+            data = load_yaml(raw.decode("utf-8"))
+        else:
+            if path.stat().st_size > MAX_BYTES:
+                raise ConfigError(f"recipe {path} is larger than 1 MB; refusing to parse it")
+            data = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, YamlError) as exc:
         raise ConfigError(f"cannot read recipe {path}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
     recipe = Recipe()
@@ -204,6 +237,8 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     except Exception as exc:
         raise ConfigError(str(exc)) from None
     _fill(recipe, sets, "", problems)
+    if name_or_path != "-":
+        _beside_recipe(recipe, path.parent)
     if recipe.data.train_frac >= recipe.data.val_end or recipe.data.val_end > 1:
         problems.append("data: need train_frac < val_end <= 1")
     if recipe.train.steps < 1:

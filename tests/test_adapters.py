@@ -81,8 +81,13 @@ def test_refuses_existing_output(tiny_base_dir, tmp_path):
     with pytest.raises(OutputExistsError, match="already exists"):
         save_adapter(_adapter(tiny_base_dir), out)
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    with pytest.raises(OutputExistsError, match="did not write"):  # --force replaces only a previous t2l output
+        save_adapter(_adapter(tiny_base_dir), out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    (out / "mine.txt").unlink()
+    save_adapter(_adapter(tiny_base_dir), out)
     save_adapter(_adapter(tiny_base_dir), out, force=True)
-    assert not (out / "mine.txt").exists() and (out / "adapter_model.safetensors").is_file()
+    assert (out / "adapter_model.safetensors").is_file()
     assert _leftovers(tmp_path) == []
 
 

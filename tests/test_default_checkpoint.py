@@ -58,7 +58,7 @@ def test_generate_with_no_flags_uses_the_default(runner, cli_app, tmp_path, monk
     res = runner.invoke(cli_app, ["generate", "Given a country, name the country's capital city.", "-o", "out"])
     assert res.exit_code == 0, res.output
     ad = load_adapter(tmp_path / "out")
-    assert ad.config["base_model_name_or_path"] == "smollm2-135m-instruct"
+    assert ad.config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"  # the Hub id (resolved offline)
     assert ad.meta["checkpoint_format"] == "native" and Path(ad.meta["checkpoint"]).resolve() == DEFAULT.resolve()
     assert any(float(t.abs().max()) > 0 for k, t in ad.tensors.items() if ".lora_B." in k)
 
@@ -83,7 +83,7 @@ def test_multitask_lora_baseline_is_a_peft_adapter():
     from t2lcli.engine.adapters import load_adapter
 
     ad = load_adapter(LORA)
-    assert ad.config["base_model_name_or_path"] == "smollm2-135m-instruct"
+    assert ad.config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"  # the Hub id (resolved offline)
     assert ad.meta["training"]["mode"] == "lora"
     assert ad.meta["training"]["steps"] == json.loads((DEFAULT / "t2l_config.json").read_text())["training"]["steps"]
 

@@ -568,8 +568,14 @@ def test_adapter_for_another_base_is_refused(tiny_base_dir, tmp_path):
 def test_existing_results_are_refused_without_force(tiny_base_dir, tmp_path):
     out = tmp_path / "o"
     out.mkdir()
-    (out / "results.json").write_text("{}")
+    prev = '{"format": "t2l-eval-results", "rows": {}}'
+    (out / "results.json").write_text(prev)
     _one_line_error(_cli(["--tasks", "arc_easy", "--conditions", "base", "-m", str(tiny_base_dir), "-o", str(out)]), "already holds results")
+    assert (out / "results.json").read_text() == prev
+    # a results.json t2l did not write is never replaced, not even with --force (t2lcli.engine.atomic's one rule)
+    (out / "results.json").write_text("{}")
+    _one_line_error(_cli(["--tasks", "arc_easy", "--conditions", "base", "-m", str(tiny_base_dir), "-o", str(out), "--force"]),
+                    "did not write")
     assert (out / "results.json").read_text() == "{}"
 
 

@@ -51,9 +51,16 @@ def test_refuses_existing_output_and_force_replaces(runner, cli_app, tiny_checkp
     res = runner.invoke(cli_app, ["generate", "translate english to french", "-c", str(tiny_checkpoint_dir), "-o", str(out)])
     assert res.exit_code == 1
     assert (out / "keep.txt").read_text() == "mine"
+    # --force replaces only a previous t2l output: a folder with the user's files is refused (tests/test_output_safety.py)
     res = runner.invoke(cli_app, ["generate", "translate english to french", "-c", str(tiny_checkpoint_dir), "-o", str(out), "--force"])
-    assert res.exit_code == 0, res.output
-    assert not (out / "keep.txt").exists() and (out / "adapter_model.safetensors").exists()
+    assert res.exit_code == 1 and "keep.txt" in res.output
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    ad = tmp_path / "ad"
+    for _ in range(2):
+        res = runner.invoke(cli_app, ["generate", "translate english to french", "-c", str(tiny_checkpoint_dir), "-o", str(ad), "--force"])
+        assert res.exit_code == 0, res.output
+    assert (ad / "adapter_model.safetensors").exists()
 
 
 def test_batch_jsonl_names_and_json_lines(runner, cli_app, tiny_checkpoint_dir, tmp_path):

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from t2lcli.batch import MAX_DESCRIPTION_CHARS, MAX_NAME, BadLine, Item, iter_items, slugify
 from t2lcli.errors import T2LError
+from t2lcli.text import has_visible_text
 
 TALLY = Tally()
 SAFE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?$")
@@ -192,7 +193,7 @@ def test_fuzz_preprocess(text):
         out[0].encode("utf-8")  # valid text for the tokenizer and for every file it reaches
         assert out[0].strip() and len(out[0]) <= MAX_DESCRIPTION_CHARS + 1
     else:
-        assert not text.strip() or len(text.strip()) > MAX_DESCRIPTION_CHARS
+        assert not text.strip() or len(text.strip()) > MAX_DESCRIPTION_CHARS or not has_visible_text(text)
     TALLY.add("description: encoder.preprocess", outcome)
 
 
@@ -233,6 +234,7 @@ def _check_items(items: list, out: Path) -> list[Item]:
         assert (out / it.name).resolve().parent == out.resolve()
         it.description.encode("utf-8")
         assert it.description.strip() and len(it.description.strip()) <= MAX_DESCRIPTION_CHARS
+        assert has_visible_text(it.description)
     lines = [it.line for it in items]
     assert lines == sorted(lines) and len(set(lines)) == len(lines)
     for it in items:

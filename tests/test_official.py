@@ -512,9 +512,14 @@ def test_convert_refuses_existing_output_and_bad_sources(runner, cli_app, tmp_pa
     (out / "keep.txt").write_text("mine")
     one_line_error(runner.invoke(cli_app, ["convert", str(folder), "-o", str(out)]), "output already exists")
     assert (out / "keep.txt").read_text() == "mine"
+    # --force replaces only a previous t2l output: the user's folder stays (tests/test_output_safety.py)
+    one_line_error(runner.invoke(cli_app, ["convert", str(folder), "-o", str(out), "--force"]), "keep.txt")
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert runner.invoke(cli_app, ["convert", str(folder), "-o", str(out)]).exit_code == 0
     res = runner.invoke(cli_app, ["convert", str(folder), "-o", str(out), "--force"])
     assert res.exit_code == 0, res.output
-    assert res.stdout.strip() == str(out) and not (out / "keep.txt").exists()
+    assert res.stdout.strip() == str(out)
     (folder / "args.yaml").unlink()
     one_line_error(runner.invoke(cli_app, ["convert", str(folder), "-o", str(tmp_path / "o2")]), "missing args.yaml")
     assert not (tmp_path / "o2").exists()

@@ -209,6 +209,29 @@ def test_existing_run_needs_resume_or_force(runner, cli_app, tiny_data, train_ba
     (other / "x.txt").write_text("keep")
     res = runner.invoke(cli_app, ["train", str(recipe), "-o", str(other)])
     assert res.exit_code == 1 and (other / "x.txt").read_text() == "keep"
+    res = runner.invoke(cli_app, ["train", str(recipe), "-o", str(other), "--force"])  # not a t2l run: refused
+    assert res.exit_code == 1 and "x.txt" in res.output and (other / "x.txt").read_text() == "keep"
+    # resuming a finished run returns at once: no base model, encoder or data is loaded
+    import t2lcli.engine.base_model as bm
+
+    def boom(*a, **k):
+        raise AssertionError("loaded the base model for a finished run")
+
+    real = bm.load_base_model
+    bm.load_base_model = boom
+    try:
+        res = runner.invoke(cli_app, ["train", str(recipe), "-o", str(out), "--max-steps", "2", "--resume", "--json"])
+    finally:
+        bm.load_base_model = real
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["steps"] == 2 and "nothing to resume" in res.stderr
+
+
+def test_list_recipes_json_shows_modes(runner, cli_app):
+    res = runner.invoke(cli_app, ["train", "--list-recipes", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert {"name", "mode", "description"} <= set(rows[0]) and "default" in {r["name"] for r in rows}
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from t2lcli import __version__
-from t2lcli.engine.atomic import atomic_dir
+from t2lcli.engine.atomic import atomic_dir, check_readable
 from t2lcli.errors import AdapterFormatError, format_problems, show_key, show_value
 
 CONFIG_NAME = "adapter_config.json"
@@ -75,13 +75,18 @@ def peft_config(
     use_rslora: bool = True,
     lora_dropout: float = 0.0,
 ) -> dict[str, Any]:
-    """A minimal adapter_config.json that peft, vLLM and SGLang all read."""
+    """A minimal adapter_config.json that peft, vLLM and SGLang all read.
+
+    The base is recorded as a Hub id (a registry name such as `smollm2-135m-instruct` becomes
+    `HuggingFaceTB/SmolLM2-135M-Instruct`), so `AutoPeftModelForCausalLM` finds it online; t2l resolves the same id to
+    its local copy offline. `lora_alpha` is an integer where it is one (Ollama decodes it as an unsigned integer).
+    """
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base_model,
+        "base_model_name_or_path": hub_base_id(base_model),
         "r": int(r),
-        "lora_alpha": float(lora_alpha),
+        "lora_alpha": alpha_value(lora_alpha),
         "use_rslora": bool(use_rslora),
         "lora_dropout": float(lora_dropout),
         "target_modules": list(target_modules),
@@ -92,6 +97,22 @@ def peft_config(
         "modules_to_save": None,
         "use_dora": False,
     }
+
+
+def hub_base_id(base_model: str | None) -> str | None:
+    """A registry name or hub id -> the Hub id (case as the registry spells it); a local folder or unknown id as given."""
+    if not base_model:
+        return base_model
+    from t2lcli.models import lookup
+
+    entry = lookup(str(base_model))
+    return entry.hub_id if entry is not None else base_model
+
+
+def alpha_value(alpha: float) -> int | float:
+    """lora_alpha as JSON: an int where it is a whole number (16, not 16.0)."""
+    a = float(alpha)
+    return int(a) if a.is_integer() else a
 
 
 def tensors_sha256(path: Path) -> str:
@@ -146,13 +167,13 @@ def save_adapter(adapter: Adapter, out_dir: Path | str, force: bool = False, dty
     Raises:
         OutputExistsError: the folder exists and `force` is False.
     """
-    from safetensors.torch import save_file
+    from t2lcli.engine.atomic import write_safetensors
 
     out_dir = Path(out_dir)
     tensors = {k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous() for k, v in sorted(adapter.tensors.items())}
     meta = {**adapter.meta, "tool_version": adapter.meta.get("tool_version", __version__)}
     with atomic_dir(out_dir, force=force) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        write_safetensors(tensors, tmp / WEIGHTS_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps(adapter.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(model_card(Adapter(adapter.config, tensors, meta)), encoding="utf-8", errors="replace")
         (tmp / "t2l_adapter.json").write_text(json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8",
@@ -170,10 +191,12 @@ def load_adapter(path: Path | str, device: str = "cpu") -> Adapter:
     from safetensors.torch import load_file
 
     path = Path(path)
+    cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
+    for p in (path, cfg_path, w_path):
+        check_readable(p, "adapter file" if p != path else "adapter folder")
     if not path.is_dir():
         raise AdapterFormatError(f"adapter folder not found: {path}", hint="pass a folder written by `t2l generate`")
     problems: list[str] = []
-    cfg_path, w_path = path / CONFIG_NAME, path / WEIGHTS_NAME
     config: dict[str, Any] = {}
     config_read = False
     if not cfg_path.is_file():

@@ -21,6 +21,7 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from t2lcli.errors import OutputExistsError, T2LError
 
@@ -109,21 +110,118 @@ def _fsync_tree(path: Path) -> None:
                 os.close(fd)
 
 
-def check_output_free(target: Path, force: bool) -> None:
-    """Refuse early when `target` exists and `force` is not set."""
-    if target.exists() and not force:
-        raise OutputExistsError(f"output already exists: {target}", hint="pass --force to replace it, or choose another -o")
+# What each t2l writer leaves in its output. A folder holding one of these at its top level is a previous t2l output,
+# which `--force` may replace; anything else (a user's folder, a regular file) is refused with or without `--force`.
+# name -> (what it is, folders that kind may hold (None: any), a check of the file's JSON (None: its presence suffices))
+MARKERS: dict[str, tuple[str, frozenset[str] | None, Any]] = {
+    "t2l_adapter.json": ("a t2l adapter", frozenset(), None),  # generate, merge (adapters, --export)
+    "t2l_config.json": ("a t2l checkpoint", frozenset(), None),  # convert, train's final/ and step-*/
+    "t2l_merge.json": ("a t2l merged model", frozenset(), None),  # merge --into-base
+    "run.json": ("a t2l training run", None, lambda d: isinstance(d, dict) and "fingerprint" in d and "recipe" in d),  # train
+    "results.json": ("t2l eval results", frozenset({"samples"}), lambda d: isinstance(d, dict) and d.get("format") == "t2l-eval-results"),  # eval
+}
+EMPTY = "an empty folder"
+REPORT_SCHEMA_PREFIX = "t2l-bench"  # a `t2l bench --output` report (a file): t2l-bench/1, t2l-bench-plan/1
+
+
+def _json_of(path: Path, limit: int = 64 << 20) -> Any:
+    try:
+        if path.stat().st_size > limit:
+            return None
+        import json
+
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    return sorted((e for e in os.scandir(folder) if not e.name.startswith(TMP_MARK)), key=lambda e: e.name)
+
+
+def _listing(entries: list[os.DirEntry], limit: int = 4) -> str:
+    names = [e.name + ("/" if e.is_dir(follow_symlinks=False) else "") for e in entries]
+    more = f", … ({len(names)} entries)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def t2l_output_kind(path: Path | str) -> str | None:
+    """What previous t2l output `path` is ("a t2l adapter", …), or None when t2l did not write it (or it is absent)."""
+    return _inspect_output(Path(path))[0]
+
+
+def _inspect_output(path: Path) -> tuple[str | None, str | None]:
+    """(kind, problem): the t2l output kind of a folder, and why `--force` must not replace it (None: it may)."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        what = "a symbolic link" if path.is_symlink() else "a file"
+        return None, f"{path} is {what}, not an output folder t2l wrote; t2l replaces only its own output folders"
+    try:
+        entries = _entries(path)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"cannot read {path}: {exc.strerror}"
+    if not entries:
+        return EMPTY, None
+    names = {e.name for e in entries}
+    for marker, (kind, dirs, check) in MARKERS.items():
+        if marker not in names or not (path / marker).is_file():
+            continue
+        if check is not None and not check(_json_of(path / marker)):
+            continue
+        if dirs is not None:
+            extra = [e for e in entries if e.is_dir(follow_symlinks=False) and e.name not in dirs]
+            if extra:
+                return kind, (f"{path} is {kind} but also holds folders t2l did not write there ({_listing(extra)}); "
+                              "--force would delete them")
+        return kind, None
+    return None, f"{path} holds files t2l did not write ({_listing(entries)}); --force replaces only a previous t2l output"
+
+
+def check_output_free(target: Path | str, force: bool, replaces: tuple[str, ...] | None = None) -> None:
+    """Refuse early unless `target` is absent, or `force` is set and `target` is a previous t2l output (the one rule
+    every writer follows: see MARKERS). `replaces` narrows the kinds of t2l output this writer may replace.
+
+    Raises:
+        OutputExistsError: `target` exists (nothing is touched). The hint offers `--force` only where it would work.
+    """
+    target = Path(target)
+    if not target.exists() and not target.is_symlink():
+        return
+    kind, problem = _inspect_output(target)
+    if problem is None and replaces is not None and kind not in replaces:
+        problem = f"{target} is {kind}; this command replaces only {' or '.join(replaces)}"
+    if problem is not None:
+        raise OutputExistsError(f"output already exists: {problem}", hint="choose another -o (or move those files away first)")
+    if not force and kind != EMPTY:  # an empty folder (`mkdir out/x` first) is simply filled
+        raise OutputExistsError(f"output already exists: {target} ({kind})", hint="pass --force to replace it, or choose another -o")
+
+
+def check_report_free(path: Path | str) -> None:
+    """A report file (`t2l bench --output`) may replace only an earlier t2l report; refuse anything else."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    doc = _json_of(path) if path.is_file() and not path.is_symlink() else None
+    if not (isinstance(doc, dict) and str(doc.get("schema", "")).startswith(REPORT_SCHEMA_PREFIX)):
+        what = "a folder" if path.is_dir() else "a file t2l did not write"
+        raise OutputExistsError(f"--output {path} is {what}; t2l replaces only its own earlier report",
+                                hint="choose another --output file name")
 
 
 @contextlib.contextmanager
-def atomic_dir(target: Path | str, force: bool = False) -> Iterator[Path]:
+def atomic_dir(target: Path | str, force: bool = False, *, cache: bool = False) -> Iterator[Path]:
     """Yield a temporary folder; on success it becomes `target` atomically.
 
+    `cache=True` is for folders t2l owns outright (model caches under $T2L_HOME): `force` then replaces whatever is there.
+
     Raises:
-        OutputExistsError: `target` exists and `force` is False (nothing is touched).
+        OutputExistsError: `target` exists and `force` is False, or `target` is not a previous t2l output (nothing is
+            touched; see `check_output_free`).
     """
     target = Path(target)
-    check_output_free(target, force)
+    if not (cache and force):
+        check_output_free(target, force)
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +252,7 @@ def _move_into_place(tmp: Path, target: Path, force: bool) -> None:
     )
     for _ in range(5):
         if target.exists():
-            if not force:
+            if not force and _inspect_output(target)[0] != EMPTY:
                 raise appeared
             old = target.parent / f"{TMP_MARK}old-{target.name[:100]}-{os.getpid()}-{secrets.token_hex(4)}"
             try:
@@ -162,7 +260,11 @@ def _move_into_place(tmp: Path, target: Path, force: bool) -> None:
             except FileNotFoundError:  # another process swapped it out first: try again
                 continue
             os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    old.unlink()
             return
         try:
             os.rename(tmp, target)
@@ -190,6 +292,45 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def file_mode() -> int:
+    """The mode a new file gets here: 0666 less the umask (0644 under umask 022)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_safetensors(tensors: dict[str, Any], path: Path | str, metadata: dict[str, str] | None = None) -> Path:
+    """The one writer of safetensors outputs. safetensors writes its file via a private temporary (mode 0600); the
+    result gets the mode of every other file t2l writes (0666 less the umask), so another user or a serving account
+    can read the weights."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    save_file(tensors, str(path), metadata=metadata if metadata is not None else {"format": "pt"})
+    os.chmod(path, file_mode())
+    return path
+
+
+def check_readable(path: Path | str, what: str = "input") -> None:
+    """Fail with 'permission denied' (not 'no such file') when `path`, or a folder above it, cannot be read."""
+    from t2lcli.errors import InputError
+
+    path = Path(path)
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            with os.scandir(path):
+                pass
+        else:
+            with open(path, "rb"):
+                pass
+    except PermissionError:
+        raise InputError(f"permission denied: {what} {path} is not readable by this user",
+                         hint="make it readable (e.g. chmod a+r, and a+x on its folders) or run as its owner") from None
+    except OSError:
+        return  # absent or otherwise broken: the caller reports it in its own words
 
 
 @contextlib.contextmanager

@@ -146,7 +146,7 @@ def _encoder_folder(shape: dict[str, Any]) -> tuple[str, str, Any]:
         if not (target / "model.safetensors").is_file():
             console.log(f"building a random gte-large-sized encoder in {target} (one time, ~1.7 GB)")
             tok = resolve_model("all-minilm-l6-v2", kind="encoder") / "tokenizer.json"
-            with atomic_dir(target, force=True) as tmp:
+            with atomic_dir(target, force=True, cache=True) as tmp:
                 random_bert_folder(tmp, GTE_LARGE_PROXY, tok)
     note = ("random BERT of gte-large-en-v1.5's size (24 x 1024, FFN 6144 ~ its GLU 4096; 434M params), "
             "bert-base-uncased WordPiece; the real gte runs remote code and is not available offline")
@@ -567,9 +567,9 @@ def _random_base(name: str, config: dict[str, Any], depth: int, dtype: str) -> P
     with file_lock(bench_home() / f".base-{name}.lock"):
         if (target / "model.safetensors").is_file():
             return target
-        from safetensors.torch import save_file
         from transformers import AutoConfig, AutoModelForCausalLM
 
+        from t2lcli.engine.atomic import write_safetensors
         from t2lcli.engine.fastload import meta_device
 
         cfg = {k: v for k, v in config.items() if k not in ("torch_dtype", "dtype", "transformers_version", "_name_or_path")}
@@ -588,8 +588,8 @@ def _random_base(name: str, config: dict[str, Any], depth: int, dtype: str) -> P
                 t.fill_(1.0)
             state[key] = t
         console.log(f"writing a random {name} base with {depth} layer(s) ({sum(t.numel() for t in state.values()) / 1e9:.2f}B params, {dtype}) to {target}")
-        with atomic_dir(target, force=True) as tmp:
-            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        with atomic_dir(target, force=True, cache=True) as tmp:
+            write_safetensors(state, tmp / "model.safetensors")
             cfg_out = {**json.loads(hf_cfg.to_json_string()), "dtype": dtype}
             cfg_out.pop("torch_dtype", None)
             (tmp / "config.json").write_text(json.dumps(cfg_out, indent=2))
@@ -821,16 +821,24 @@ def plan_memory(shape_name: str, profile: Profile, context: int = 2048, batch: i
     act = b * context * (3 * inter + 2 * h) * act_dt
     add("prefill activations", act, f"batch {b} x {context} x (3 x {inter} MLP + 2 x {h}) x {act_dt} B", on_gpu)
     add("logits (last position)", b * int(cfg["vocab_size"]) * 4, f"batch {b} x {cfg['vocab_size']} x 4 B", on_gpu)
-    add("CUDA context + allocator slack", 0.8 * GIB if on_gpu else 0, "measured 0.5-0.8 GiB on recent drivers", on_gpu)
+    if on_gpu:  # a CPU profile has no CUDA context: no GPU rows at all
+        add("CUDA context + allocator slack", 0.8 * GIB, "measured 0.5-0.8 GiB on recent drivers", on_gpu)
     total = sum(line["gib"] for line in lines)
     budget = profile.memory_budget_gb
     usable = max(0.0, budget - 1.0) if budget else None
     return {
-        "shapes": shape_name, "profile": profile.name, "context": context, "batch": b, "lines": lines,
+        "schema": "t2l-bench-plan/1", "shapes": shape_name, "profile": profile.name, "context": context, "batch": b, "lines": lines,
         "total_gib": round(total, 2), "budget_gib": budget or None, "usable_gib": usable,
         "fits": None if usable is None else total <= usable,
         "host_gib": round(sum(line.get("host_gib", 0.0) for line in lines), 2),
+        "gpu": any("host_gib" not in line for line in lines),
     }
+
+
+def default_plan_shapes(profile: Profile) -> str:
+    """The model a profile is designed for: the GPU profiles size Llama-3.1-8B, the CPU profile the embedded SmolLM2."""
+    on_gpu = profile.base.device.startswith(("cuda", "auto"))
+    return "llama-3.1-8b" if on_gpu and profile.memory_budget_gb >= 16 else "smollm2-135m"
 
 
 def measure_memory(shape_name: str, profile: Profile, context: int = 2048, batch: int | None = None) -> dict[str, Any]:
@@ -877,7 +885,7 @@ def measure_memory(shape_name: str, profile: Profile, context: int = 2048, batch
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() / GIB
     free1, _ = torch.cuda.mem_get_info()
-    planned = plan["total_gib"] - next(line["gib"] for line in plan["lines"] if line["item"].startswith("CUDA context"))
+    planned = plan["total_gib"] - next((line["gib"] for line in plan["lines"] if line["item"].startswith("CUDA context")), 0.0)
     return {**plan, "measured_peak_allocated_gib": round(peak, 2), "planned_without_context_gib": round(planned, 2),
             "relative_error": round((planned - peak) / peak, 3), "device_used_gib": round((total - free1) / GIB, 2),
             "gpu": torch.cuda.get_device_name(0), "baseline_used_gib": round((total - free0) / GIB, 2)}
@@ -892,9 +900,12 @@ def write_report(report: dict[str, Any], path: Path) -> None:
 
 def check_writable(path: Path) -> None:
     """Fail before measuring when --output cannot be written."""
+    from t2lcli.engine.atomic import check_report_free
+
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise InputError(f"--output {path} is a folder; give a file name", hint="e.g. --output bench.json")
+    check_report_free(path)
     probe = parent / f".t2l-bench-probe-{os.getpid()}"
     try:
         parent.mkdir(parents=True, exist_ok=True)

@@ -195,7 +195,7 @@ def random_bert_folder(out: Path, config: dict[str, Any], tokenizer_json: Path, 
     """Write a randomly initialised BERT folder (config.json, model.safetensors, tokenizer.json) for benchmarks."""
     import shutil
 
-    from safetensors.torch import save_file
+    from t2lcli.engine.atomic import write_safetensors
 
     gen = torch.Generator().manual_seed(seed)
     from t2lcli.engine.fastload import meta_device
@@ -213,6 +213,6 @@ def random_bert_folder(out: Path, config: dict[str, Any], tokenizer_json: Path, 
             t.zero_()
         state[_hf_name(name)] = t
     out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    write_safetensors(state, out / "model.safetensors")
     (out / "config.json").write_text(json.dumps({**config, "model_type": "bert", "architectures": ["BertModel"]}, indent=2))
     shutil.copyfile(tokenizer_json, out / "tokenizer.json")

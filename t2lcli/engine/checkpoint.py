@@ -16,7 +16,7 @@ import torch
 
 from t2lcli import __version__
 from t2lcli.engine.adapters import tensors_sha256
-from t2lcli.engine.atomic import atomic_dir
+from t2lcli.engine.atomic import atomic_dir, check_readable
 from t2lcli.engine.base_model import ModelShape
 from t2lcli.engine.encoder import EncoderSpec
 from t2lcli.engine.hypernet import HyperLoRA, HyperNetConfig
@@ -85,6 +85,7 @@ def resolve_checkpoint(spec: str | None) -> Path:
             )
         return path
     path = Path(spec).expanduser()
+    check_readable(path, "checkpoint folder")
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(f"checkpoint must be a folder, got a file: {path}")
@@ -149,6 +150,8 @@ def load_checkpoint(spec: str | Path | None, device: str = "cpu", dtype: torch.d
         CheckpointError: missing/corrupt files, unknown format, shape or key mismatches (all listed).
     """
     path = resolve_checkpoint(str(spec) if spec is not None else None)
+    for p in (path / CONFIG_NAME, path / WEIGHTS_NAME):
+        check_readable(p, "checkpoint file")
     if (path / CONFIG_NAME).is_file():
         ckpt = _load_native(path)
     elif (path / "hypermod.pt").is_file():
@@ -295,7 +298,7 @@ def save_checkpoint(
     ckpt: T2LCheckpoint, out_dir: Path | str, force: bool = False, dtype: torch.dtype | None = None, training: dict[str, Any] | None = None
 ) -> Path:
     """Write a native checkpoint folder atomically. All-zero frozen buffers are never written."""
-    from safetensors.torch import save_file
+    from t2lcli.engine.atomic import write_safetensors
 
     state = {k: v.detach().cpu().contiguous() for k, v in ckpt.hypernet.state_dict().items()}
     if dtype is not None:
@@ -320,7 +323,7 @@ def save_checkpoint(
         "training": training if training is not None else ckpt.provenance,
     }
     with atomic_dir(Path(out_dir), force=force) as tmp:
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        write_safetensors(state, tmp / WEIGHTS_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return Path(out_dir)
 

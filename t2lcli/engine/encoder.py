@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from t2lcli.batch import MAX_DESCRIPTION_CHARS, valid_text
-from t2lcli.errors import InputError, ModelNotFoundError, T2LError
+from t2lcli.errors import ModelNotFoundError, T2LError
+from t2lcli.text import check_description, valid_text
 
 
 @dataclass
@@ -42,21 +42,14 @@ class EncoderSpec:
 
 
 def preprocess(text: str, spec: EncoderSpec) -> str:
-    """Strip; append '.' when the last character is a letter (the reference's rule). Rejects empty text.
+    """Strip; append '.' when the last character is a letter (the reference's rule). Rejects what `t2lcli.text`
+    refuses.
 
     Raises:
-        InputError: empty/whitespace-only or over-long description.
+        InputError: empty, over-long, or no visible text (control/zero-width/punctuation only).
     """
-    if not isinstance(text, str):
-        raise InputError("a description must be text")
+    check_description(text)  # the one rule (t2lcli.text): empty, over-long, no visible text
     s = text.strip()
-    if not s:
-        raise InputError("empty description", hint='describe the task in words, e.g. "solve grade-school math step by step"')
-    if len(s) > MAX_DESCRIPTION_CHARS:
-        raise InputError(
-            f"description is {len(s)} characters; the limit is {MAX_DESCRIPTION_CHARS}",
-            hint="a task description is a sentence or a paragraph, not a document",
-        )
     s = valid_text(s)  # lone surrogates from bad input become U+FFFD
     if spec.add_full_stop and s[-1].isalpha():
         s += "."

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from t2lcli import __version__, console
+from t2lcli.engine.atomic import EMPTY, check_output_free, check_readable, t2l_output_kind
 from t2lcli.engine.eval_tasks import (
     SNI_PROMPTS,
     EvalTask,
@@ -47,6 +48,7 @@ from t2lcli.engine.eval_tasks import (
 )
 from t2lcli.errors import InputError, OutputExistsError, ShapeMismatchError, T2LError
 from t2lcli.hardware import Profile
+from t2lcli.text import check_description
 
 CONDITIONS = ("base", "desc-prompt", "t2l", "t2l-control", "adapter", "lora")
 USES_DESCRIPTIONS = ("desc-prompt", "t2l", "t2l-control")
@@ -189,6 +191,8 @@ def validate(req: EvalRequest) -> list[str]:
     for d in req.descriptions:
         if not d.strip() or d.strip().endswith("="):
             raise InputError("empty --description", hint='pass a sentence, e.g. --description "Solve math word problems." or "gsm8k=..."')
+        head, sep, tail = d.partition("=")
+        check_description(tail if sep and head.strip() and " " not in head.strip() else d, "--description")
     for x in req.loras:
         if not x.strip() or x.strip().endswith("="):
             raise InputError("empty --lora", hint="pass --lora DIR or --lora TASK=DIR")
@@ -203,7 +207,11 @@ def read_descriptions_file(path: str | Path) -> dict[str, list[str]]:
     """`--descriptions-file`: a JSON object {task: [description, ...]}; SNI task names may omit the `sni:` prefix."""
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        if str(path) == "-":  # standard input
+            raw = sys.stdin.buffer.read(64 * 1024 * 1024 + 1)
+        else:
+            check_readable(p, "--descriptions-file")
+            raw = p.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read --descriptions-file {p}: {exc.strerror or exc}") from None
     if len(raw) > 64 * 1024 * 1024:
@@ -220,6 +228,8 @@ def read_descriptions_file(path: str | Path) -> dict[str, list[str]]:
             continue
         if not isinstance(val, list) or not val or not all(isinstance(d, str) and d.strip() for d in val):
             raise InputError(f"--descriptions-file {p}: '{key}' must map to a non-empty list of non-empty strings")
+        for i, d in enumerate(val):
+            check_description(d, f"--descriptions-file {p}: '{key}' item {i + 1}")
         name = key if key.startswith("sni:") or not key.startswith("task") else f"sni:{key}"
         out[name] = [d.strip() for d in val]
     if not out:
@@ -857,10 +867,11 @@ def _task_limit(req: EvalRequest, task: str) -> int | None:
 
 def _resolve_output(req: EvalRequest) -> Path:
     out = req.output or Path("results") / datetime.now().strftime("eval-%Y%m%d-%H%M%S")
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"output exists and is not a folder: {out}", hint="choose another --output")
-    if (out / RESULTS_JSON).exists() and not req.force:
+    if out.is_dir() and not out.is_symlink() and t2l_output_kind(out) == EMPTY:
+        return out
+    if (out / RESULTS_JSON).exists() and not req.force and t2l_output_kind(out) == "t2l eval results":
         raise OutputExistsError(f"output already holds results: {out / RESULTS_JSON}", hint="pass --force to replace them, or choose another --output")
+    check_output_free(out, req.force, replaces=("t2l eval results",))  # the one rule (t2lcli.engine.atomic)
     return out
 
 

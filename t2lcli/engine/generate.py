@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from t2lcli.batch import valid_text
 from t2lcli.engine.adapters import Adapter, effective_scaling, peft_config, save_adapter
 from t2lcli.engine.checkpoint import T2LCheckpoint, load_checkpoint
 from t2lcli.engine.hypernet import lora_state_dict
 from t2lcli.errors import InputError, T2LError
+from t2lcli.text import check_description, valid_text
 
 SCALINGS = ("rslora", "lora")
 
@@ -149,10 +149,18 @@ class Generator:
             result.append(Adapter(dict(config), tensors, meta))
         return result
 
-    def generate(self, descriptions: list[str], options: GenerateOptions | None = None) -> list[Adapter]:
-        """One adapter per description."""
+    def generate(self, descriptions: str | list[str], options: GenerateOptions | None = None) -> Adapter | list[Adapter]:
+        """One adapter per description: a single string gives one Adapter, a list gives a list.
+
+        Raises:
+            InputError: a description that `t2lcli.text` refuses (empty, over-long, no visible text).
+        """
+        if isinstance(descriptions, str):
+            return self.generate([descriptions], options)[0]  # type: ignore[index]
         if not descriptions:
             return []
+        for i, d in enumerate(descriptions):
+            check_description(d, f"description {i + 1}" if len(descriptions) > 1 else "")
         return self.adapters_from_embeddings(self.embed(descriptions), descriptions, options)
 
     def save(self, adapter: Adapter, out_dir: Path | str, force: bool = False, dtype: str = "float32") -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from t2lcli import console
+from t2lcli.engine.checkpoint import SHIPPED, resolve_checkpoint
 from t2lcli.errors import InputError, ShapeMismatchError
 
 RUNTIMES = ("vllm", "sglang", "llamacpp", "ollama", "peft")
@@ -63,8 +64,10 @@ def inspect_paths(paths: list[str]) -> dict[str, Any] | list[dict[str, Any]]:
             reports.append(inspect_checkpoint(Path(p)))  # owner/repo/folder on the hub
             continue
         path = Path(p)
+        if not path.exists() and p in SHIPPED:  # `t2l inspect default`, as --checkpoint default everywhere else
+            path = resolve_checkpoint(p)
         if not path.exists():
-            raise InputError(f"not found: {p}", hint="pass an adapter folder, a checkpoint folder, or 'profile NAME'")
+            raise InputError(f"not found: {p}", hint="pass an adapter folder, a checkpoint folder, 'default', or 'profile NAME'")
         kind = kind_of(path)
         if kind == "adapter":
             reports.append(inspect_adapter(path))
@@ -380,9 +383,19 @@ def compat_check(path: Path, runtime: str) -> dict[str, Any]:
     # dtype
     dts = sorted({str(t.dtype).replace("torch.", "") for t in ad.tensors.values()})
     add("dtype", "ok", f"{', '.join(dts)}: " + ("cast to the model dtype at load" if runtime != "llamacpp" else "converted to F32 by the export"))
-    if not c.get("base_model_name_or_path"):
+    base = c.get("base_model_name_or_path")
+    if not base:
         add("base model", "warn", "adapter_config.json names no base_model_name_or_path; the runtime must be started with the right base",
             None)
+    elif runtime == "peft" and str(base).count("/") != 1 and not Path(str(base)).expanduser().is_dir():
+        from t2lcli.engine.adapters import hub_base_id
+
+        hub = hub_base_id(str(base))
+        add("base model", "fail", f"base_model_name_or_path {base!r} is neither a Hub id (owner/name) nor a folder here: "
+            "AutoPeftModelForCausalLM.from_pretrained cannot load the base",
+            f"set base_model_name_or_path to {hub!r} in adapter_config.json" if hub != base else "set it to the base's Hub id")
+    elif runtime == "peft":
+        add("base model", "ok", f"{base} (AutoPeftModelForCausalLM loads it from the Hub or the local cache)")
     return _compat_result(path, runtime, checks)
 
 

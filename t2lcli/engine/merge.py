@@ -45,6 +45,7 @@ from t2lcli import models as registry
 from t2lcli.engine.adapters import CONFIG_NAME, WEIGHTS_NAME, Adapter, load_adapter, model_card, peft_config, tensors_sha256
 from t2lcli.engine.atomic import atomic_dir, check_output_free
 from t2lcli.errors import InputError, ShapeMismatchError, T2LError, show_value
+from t2lcli.text import check_description
 
 if TYPE_CHECKING:
     from t2lcli.hardware import Profile
@@ -388,15 +389,6 @@ def mix_descriptions(
 # --------------------------------------------------------------------------------------------- writing
 
 
-def _readable(path: Path) -> None:
-    """safetensors writes 0600 files; give weights the same permissions as the other files (0666 less the umask)."""
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
 def provenance_section(prov: dict[str, Any]) -> str:
     lines = ["## Provenance", ""]
     for k, v in prov.items():
@@ -412,13 +404,12 @@ def provenance_section(prov: dict[str, Any]) -> str:
 
 def write_peft(adapter: Adapter, out_dir: Path, force: bool, prov: dict[str, Any], extra_card: str = "") -> Path:
     """A PEFT folder (atomic) whose README is the adapter card plus provenance."""
-    from safetensors.torch import save_file
+    from t2lcli.engine.atomic import write_safetensors
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in sorted(adapter.tensors.items())}
     meta = {**adapter.meta, "tool_version": __version__, "merge": prov}
     with atomic_dir(out_dir, force=force) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        _readable(tmp / WEIGHTS_NAME)
+        write_safetensors(tensors, tmp / WEIGHTS_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps(adapter.config, indent=2, sort_keys=True) + "\n")
         card = model_card(Adapter(adapter.config, tensors, meta)) + "\n" + extra_card + provenance_section(prov)
         (tmp / "README.md").write_text(card)
@@ -476,8 +467,8 @@ def merge_into_base(
     `dtype` ("auto" keeps each tensor's stored dtype).
     """
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
+    from t2lcli.engine.atomic import write_safetensors
     from t2lcli.engine.base_model import read_config, resolve_model, torch_dtype
 
     spec = base_spec or adapter.config.get("base_model_name_or_path")
@@ -562,8 +553,7 @@ def merge_into_base(
                             t = t.to(out_dtype)
                         tensors[k] = t.contiguous()
                         weight_map[k] = name
-            save_file(tensors, str(tmp / name), metadata={"format": "pt"})
-            _readable(tmp / name)
+            write_safetensors(tensors, tmp / name)
             del tensors
             if task is not None:
                 bar.advance(task)
@@ -679,8 +669,8 @@ def run_merge(req: MergeRequest, profile: Profile) -> dict[str, Any]:
         raise InputError("nothing to merge: give ADAPTER folder(s), or --checkpoint with --description texts", hint="see t2l merge --help")
     if req.descriptions and req.method is not None:
         raise InputError("--method applies to adapters; descriptions are mixed in the hypernetwork's task space", hint="drop --method")
-    if req.descriptions and any(not d.strip() for d in req.descriptions):
-        raise InputError("a --description is empty")
+    for d in req.descriptions:
+        check_description(d, "--description")  # the one rule (t2lcli.text)
     if req.export is not None:
         precheck_export(req.export, req.max_lora_rank)
     if req.adapters and len(req.adapters) == 1 and req.method is None and not (req.into_base or req.export):

@@ -25,13 +25,21 @@ def greedy(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> str:
     return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
+_LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
 def preview_adapter(adapter_dir: Path, text: str, profile: Profile, base_model: str | None, max_new_tokens: int = 64) -> dict[str, str]:
     from t2lcli.engine.adapters import load_adapter
     from t2lcli.engine.base_model import load_base_model
     from t2lcli.engine.lora_hooks import apply_adapter
 
     adapter = load_adapter(adapter_dir)
-    model, tok = load_base_model(base_model or adapter.config.get("base_model_name_or_path"), profile.base)
+    spec = base_model or adapter.config.get("base_model_name_or_path")
+    key = (str(spec), repr(profile.base))
+    if key not in _LOADED:  # `--preview-all` previews many adapters of one base: load it once
+        _LOADED.clear()
+        _LOADED[key] = load_base_model(spec, profile.base)
+    model, tok = _LOADED[key]
     prompt = chat_prompt(tok, text)
     base = greedy(model, tok, prompt, max_new_tokens)
     with apply_adapter(model, adapter):

@@ -9,17 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from t2lcli import console
-from t2lcli.batch import BadLine, Item, iter_items, valid_text
+from t2lcli.batch import BadLine, Item, iter_items, slugify, valid_text
 from t2lcli.engine.adapters import WEIGHTS_NAME, tensors_sha256
-from t2lcli.engine.atomic import check_output_free
-from t2lcli.errors import InputError
+from t2lcli.engine.atomic import EMPTY, check_output_free, t2l_output_kind
+from t2lcli.errors import InputError, OutputExistsError
 from t2lcli.hardware import Profile
 
 
 @dataclass
 class GenerateRequest:
     description: str | None = None
-    output: Path = Path("out")
+    output: Path | None = None  # None: DEFAULT_OUTPUT (a single adapter goes to out/<slug>/, a batch to out/<name>/)
     from_file: str | None = None
     embedding_file: Path | None = None
     checkpoint: str | None = None
@@ -32,6 +32,28 @@ class GenerateRequest:
     force: bool = False
     trust_remote_code: bool = False
     keep_results: bool = True  # False: return only the first result (a long batch then runs in flat memory)
+
+
+DEFAULT_OUTPUT = Path("out")
+
+
+def single_output(req: GenerateRequest) -> Path:
+    """Where one adapter goes: `-o` exactly when given, else `out/<slug of the description>/` (the same layout as a
+    batch uses), so a later batch into `out/` lands beside it and `--force` never replaces a whole `out/`."""
+    if req.output is not None:
+        return req.output
+    name = slugify(req.description[:60], "adapter") if req.description is not None else "adapter"
+    return DEFAULT_OUTPUT / name
+
+
+def batch_parent(req: GenerateRequest) -> Path:
+    """The parent folder of a batch (one folder per item inside it); never a t2l output folder itself."""
+    parent = req.output if req.output is not None else DEFAULT_OUTPUT
+    kind = t2l_output_kind(parent)
+    if kind not in (None, EMPTY):
+        raise OutputExistsError(f"-o {parent} is {kind}; a batch writes one folder per item inside -o",
+                                hint="choose another -o, e.g. its parent folder")
+    return parent
 
 
 def _chunks(items: Iterator[Item | BadLine], size: int, skip_bad: bool) -> Iterator[list[Item]]:
@@ -73,12 +95,19 @@ def run_generate(req: GenerateRequest, profile: Profile, on_result: Callable[[di
     from t2lcli.engine.generate import GenerateOptions, Generator, check_base_matches, load_embeddings
 
     total: int | None = None
-    if req.from_file is not None:
-        if req.from_file != "-":
-            total = _prescan(req.from_file, req.skip_bad, req.output, req.force)
+    n_emb = None
+    if req.embedding_file is not None:
+        emb = load_embeddings(req.embedding_file)
+        n_emb = emb.shape[0]
+    if req.from_file is not None or (n_emb is not None and n_emb > 1):
+        out_dir = batch_parent(req)
+        if req.from_file is not None and req.from_file != "-":
+            total = _prescan(req.from_file, req.skip_bad, out_dir, req.force)
     else:
-        check_output_free(req.output, req.force)
-    emb = load_embeddings(req.embedding_file) if req.embedding_file is not None else None
+        out_dir = single_output(req)
+        check_output_free(out_dir, req.force)
+    if n_emb is None:
+        emb = None
     if req.description is not None:
         from t2lcli.engine.encoder import EncoderSpec, preprocess
 
@@ -119,7 +148,7 @@ def run_generate(req: GenerateRequest, profile: Profile, on_result: Callable[[di
             raise InputError(f"embeddings have dimension {emb.shape[1]}; the checkpoint expects {gen.ckpt.config.emb_dim}")
         n = emb.shape[0]
         names = ["adapter"] if n == 1 else [f"emb-{i:06d}" for i in range(n)]
-        paths = [req.output] if n == 1 else [req.output / nm for nm in names]
+        paths = [out_dir] if n == 1 else [out_dir / nm for nm in names]
         for p in paths:
             check_output_free(p, req.force)
         for start in range(0, n, req.batch_size):
@@ -137,7 +166,7 @@ def run_generate(req: GenerateRequest, profile: Profile, on_result: Callable[[di
         t_embed = time.perf_counter() - t0
         t0 = time.perf_counter()
         adapter = gen.adapters_from_embeddings(e, [req.description], opts)[0]
-        write(adapter, req.output, req.output.name, req.description, t_embed, time.perf_counter() - t0)
+        write(adapter, out_dir, out_dir.name, req.description, t_embed, time.perf_counter() - t0)
         _warn_truncation(gen)
         return results
 
@@ -146,7 +175,7 @@ def run_generate(req: GenerateRequest, profile: Profile, on_result: Callable[[di
         task = bar.add_task("generating adapters", total=total)
         for chunk in _chunks(iter_items(req.from_file), req.batch_size, req.skip_bad):
             for it in chunk:
-                check_output_free(req.output / it.name, req.force)
+                check_output_free(out_dir / it.name, req.force)
             descs = [it.description for it in chunk]
             t0 = time.perf_counter()
             e = gen.embed(descs)
@@ -155,7 +184,7 @@ def run_generate(req: GenerateRequest, profile: Profile, on_result: Callable[[di
             adapters = gen.adapters_from_embeddings(e, descs, opts)
             t_fwd = (time.perf_counter() - t0) / len(chunk)
             for it, ad in zip(chunk, adapters, strict=True):
-                write(ad, req.output / it.name, it.name, it.description, t_embed, t_fwd)
+                write(ad, out_dir / it.name, it.name, it.description, t_embed, t_fwd)
             bar.advance(task, len(chunk))
     if not written:
         raise InputError("no descriptions were read", hint="give one description per line")

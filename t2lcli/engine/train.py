@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from t2lcli import console
-from t2lcli.engine.atomic import TMP_MARK, atomic_dir, atomic_write_bytes
+from t2lcli.engine.atomic import TMP_MARK, atomic_dir, atomic_write_bytes, check_output_free, t2l_output_kind
 from t2lcli.engine.data import HierarchicalSampler, Task, answer_of, build_prompt, load_sni_task, load_user_tasks
 from t2lcli.errors import DataError, T2LError
 from t2lcli.recipe import Recipe
@@ -499,7 +499,7 @@ class Trainer:
         if self.rank != 0:
             return model_state
         ckdir = self.output / "checkpoints" / f"step-{self.step:07d}"
-        with atomic_dir(ckdir, force=True) as tmp:
+        with atomic_dir(ckdir, force=True, cache=True) as tmp:
             self.save_artifact(tmp / "model", seconds, state=model_state)
             state = {
                 "step": self.step,
@@ -588,17 +588,21 @@ def _recipe_fingerprint(recipe: Recipe) -> str:
 def check_output(output: Path, recipe: Recipe, resume: bool, force: bool) -> bool:
     """Decide what to do with an existing output folder. Returns True when a run is to be resumed."""
     run = output / RUN_NAME
-    if not output.exists() or not any(p for p in output.iterdir() if not p.name.startswith(TMP_MARK)):
+    if output.is_dir() and not output.is_symlink() and not any(p for p in output.iterdir() if not p.name.startswith(TMP_MARK)):
         return False  # empty, or only the temporaries of a run killed before it wrote run.json
-    if not run.is_file():
-        if force:
-            shutil.rmtree(output)
-            return False
-        raise T2LError(f"{output} exists and is not a t2l training run", hint="choose another --output or pass --force")
+    if not output.exists() and not output.is_symlink():
+        return False
     try:
-        info = json.loads(run.read_text(encoding="utf-8"))
-    except (ValueError, OSError):
-        info = None
+        info = json.loads(run.read_text(encoding="utf-8")) if run.is_file() else None
+    except (ValueError, OSError, RecursionError):
+        info = "damaged"  # a run killed while writing it, or a corrupted disk: still t2l's run
+    if info is None or (info != "damaged" and t2l_output_kind(output) != "a t2l training run"):
+        check_output_free(output, force=True)  # refuses a folder t2l did not write, naming what is there
+        if not force:
+            raise T2LError(f"{output} holds {t2l_output_kind(output)}, not a training run",
+                           hint="choose another --output, or pass --force to replace it")
+        shutil.rmtree(output)
+        return False
     if force:
         shutil.rmtree(output)
         return False
@@ -630,6 +634,11 @@ def run_training(recipe: Recipe, output: Path, resume: bool = False, force: bool
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     rank = int(os.environ.get("RANK", "0"))
     resuming = check_output(output, recipe, resume, force) if rank == 0 else resume
+    if resuming and world == 1:
+        done = _finished(output, min(tr.steps, max_steps) if max_steps else tr.steps)
+        if done is not None:  # nothing left to do: return before loading the base, the encoder and the data
+            console.log(f"{output} is already complete at step {done.steps}; nothing to resume")
+            return done
     if world > 1:
         torch.distributed.barrier()
     output.mkdir(parents=True, exist_ok=True)
@@ -699,6 +708,26 @@ def run_training(recipe: Recipe, output: Path, resume: bool = False, force: bool
     if world > 1:
         torch.distributed.barrier()
     return TrainResult(output, trainer.step, final, metrics_path, last_loss, seconds, stopped)
+
+
+def _finished(output: Path, total_steps: int) -> TrainResult | None:
+    """The result of a run that already reached `total_steps` and wrote final/, or None."""
+    try:
+        name = (output / "latest").read_text(encoding="utf-8").strip()
+        step = int(name.removeprefix("step-"))
+    except (OSError, ValueError):
+        return None
+    final = output / "final"
+    if step < total_steps or t2l_output_kind(final) not in ("a t2l checkpoint", "a t2l adapter"):
+        return None
+    last_loss, seconds = float("nan"), 0.0
+    try:
+        lines = (output / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        last = json.loads(lines[-1]) if lines else {}
+        last_loss, seconds = float(last.get("loss", last_loss)), float(last.get("elapsed_s", 0.0))
+    except (OSError, ValueError):
+        pass
+    return TrainResult(output, step, final, output / "metrics.jsonl", last_loss, seconds, "steps")
 
 
 # ------------------------------------------------------------------------------------------- reconstruction
