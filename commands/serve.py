@@ -70,7 +70,8 @@ def serve(
 
         def ready(url: str) -> None:
             console.log(f"model {engine.base_name}, checkpoint {engine.gen.ckpt.path or checkpoint or 'default'}, "
-                        f"max batch {max_batch}, auth {'on' if api_key else 'off'}; ready in {time.perf_counter() - t0:.1f}s")
+                        f"max batch {max_batch}, auth {'on' if api_key else 'off'}; ready in {time.perf_counter() - t0:.1f}s "
+                        f"({time.process_time():.1f}s CPU since start)")
             console.emit(f"t2l serve: listening on {url}  (Ctrl-C to stop)")
 
         server = make_server(app, host, port, ready)
