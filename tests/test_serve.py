@@ -223,6 +223,22 @@ def test_mixed_adapters_in_one_batch_equal_one_at_a_time(srv: LiveServer, http: 
     assert [toks for toks, _ in together] == [toks for toks, _ in alone]
     assert alone[0][0] != alone[1][0] or alone[1][0] != alone[2][0]  # the adapters change the output
 
+    # continuous batching: requests that arrive while a batch decodes join it (their KV rows are merged in)
+    hook = eng.model.register_forward_pre_hook(lambda *_: time.sleep(0.02))
+    try:
+        first = threading.Thread(target=lambda: joined.append(run([rows[1]])[0]))
+        joined: list = []
+        first.start()
+        while not eng.scheduler.q.empty() or eng.scheduler.waiting:
+            time.sleep(0.005)
+        time.sleep(0.05)
+        late = run([rows[0], rows[2]])
+        first.join(60)
+    finally:
+        hook.remove()
+    assert all(bs >= 2 for _, bs in late), late
+    assert [toks for toks, _ in late] == [alone[0][0], alone[2][0]] and joined[0][0] == alone[1][0]
+
 
 # ---- cache -------------------------------------------------------------------------------------------------------------
 
