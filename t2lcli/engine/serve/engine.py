@@ -4,7 +4,8 @@ thread that decodes queued requests together in one batch, each row with its own
 Batching: the scheduler takes up to `max_batch` waiting requests, left-pads their prompts, runs one prefill and then
 one decode step per token for all rows at once (the HF model's KV cache), with per-row LoRA factors through
 `lora_hooks.apply_factors` + `row_factors`. A row that finishes (EOS, a stop string, `max_tokens`, or its client
-went away) leaves the batch; requests that arrive meanwhile form the next batch.
+went away) leaves the batch; requests that arrive meanwhile are prefilled and join it (their KV rows merged in,
+left-padded) while there is room, so nobody waits for the longest answer of a batch to end.
 """
 
 from __future__ import annotations
