@@ -357,6 +357,21 @@ def test_every_bad_input_gets_one_clear_4xx(srv: LiveServer, http: httpx.Client)
     assert http.get("/health").json()["status"] == "ok"  # still answering
 
 
+def test_odd_but_valid_input_is_answered(srv: LiveServer, http: httpx.Client):
+    odd = [
+        b'{"model": "%s", "messages": [{"role": "user", "content": "lone \\ud800 surrogate"}], "max_tokens": 3}' % srv.base.encode(),
+        json.dumps({"model": srv.base, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "temperature": 1e-30}).encode(),
+        json.dumps({"model": srv.base, "messages": [{"role": "user", "content": [{"type": "text", "text": "parts"}]}], "max_tokens": 3,
+                    "seed": -(10**30), "top_p": 1e-9, "user": "ignored", "frequency_penalty": 0}).encode(),
+        json.dumps({"model": srv.base, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3,
+                    "t2l": {"description": "lone \ud800 surrogate in a description"}}).encode(),
+    ]
+    for body in odd:
+        r = http.post("/v1/chat/completions", content=body)
+        assert r.status_code == 200, (body, r.text)
+        assert isinstance(r.json()["choices"][0]["message"]["content"], str)
+
+
 def test_queue_full_answers_503_with_retry_after(tiny_checkpoint_dir: Path):
     with LiveServer(tiny_engine(tiny_checkpoint_dir, max_batch=1, queue_size=1)) as s, httpx.Client(base_url=s.url, timeout=60) as c:
         gate = threading.Event()

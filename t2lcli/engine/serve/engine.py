@@ -373,7 +373,7 @@ class Scheduler:
         return apply_factors(self.engine.model, factors, scale)
 
     def _rng(self, job: Job) -> torch.Generator | None:
-        if job.temperature <= 0:
+        if job.temperature < 1e-4:  # greedy (a temperature this small would overflow the softmax anyway)
             return None
         g = torch.Generator(device=self.engine.device)
         g.manual_seed(job.seed if job.seed is not None else secrets.randbits(63))
