@@ -459,6 +459,13 @@ def test_non_loopback_host_needs_a_key(runner, cli_app, tmp_path: Path):
     assert res.exit_code != 0 and "at least 16" in res.output
     res = runner.invoke(cli_app, ["serve", "--max-batch", "0"])
     assert res.exit_code != 0 and "--max-batch" in res.output
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        res = runner.invoke(cli_app, ["serve", "--port", str(busy.getsockname()[1])])
+    assert res.exit_code != 0 and "cannot listen" in res.output and "Traceback" not in res.output
 
 
 def test_t2l_serve_process_ready_answers_and_stops_on_ctrl_c(tiny_checkpoint_dir: Path, tmp_path: Path):
