@@ -23,6 +23,7 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "merge": "t2lcli.commands.merge:merge",
     "convert": "t2lcli.commands.convert:convert",
     "train": "t2lcli.commands.train:train",
+    "serve": "t2lcli.commands.serve:serve",
 }
 
 
