@@ -14,12 +14,10 @@ from t2lcli.options import BaseModelOpt, CheckpointOpt, ProfileOpt, SetOpt, Trus
 EXAMPLES = """[b]Examples[/b]
 
   t2l serve                                              # http://127.0.0.1:8000, the embedded default
-  curl -s localhost:8000/v1/chat/completions -H 'content-type: application/json' -d '{"model": "smollm2-135m-instruct",
-       "messages": [{"role": "user", "content": "2+3?"}], "t2l": {"description": "Solve math word problems."}}'
+  t2l serve --port 8080 --max-batch 16 --max-adapters 256
   t2l serve --host 0.0.0.0 --api-key-file key.txt        # reachable from other machines, bearer auth
   t2l serve --checkpoint llama_8b_t2l/ --profile gpu-24gb
 """
-
 
 def serve(
     checkpoint: CheckpointOpt = None,
@@ -72,7 +70,8 @@ def serve(
 
         def ready(url: str) -> None:
             console.log(f"model {engine.base_name}, checkpoint {engine.gen.ckpt.path or checkpoint or 'default'}, "
-                        f"max batch {max_batch}, auth {'on' if api_key else 'off'}; ready in {time.perf_counter() - t0:.1f}s")
+                        f"max batch {max_batch}, auth {'on' if api_key else 'off'}; ready in {time.perf_counter() - t0:.1f}s "
+                        f"({time.process_time():.1f}s CPU since start)")
             console.emit(f"t2l serve: listening on {url}  (Ctrl-C to stop)")
 
         server = make_server(app, host, port, ready)

@@ -88,9 +88,21 @@ _t2l() {
         train:--time-budget) COMPREPLY=(); return 0 ;;
         train:--show-recipe) COMPREPLY=(); return 0 ;;
         train:--profile|train:-p) COMPREPLY=( $(compgen -W "cpu gpu-16gb gpu-24gb gpu-80gb" -- "$cur") ); return 0 ;;
+        serve:--checkpoint|serve:-c) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
+        serve:--base-model|serve:-m) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
+        serve:--profile|serve:-p) COMPREPLY=( $(compgen -W "cpu gpu-16gb gpu-24gb gpu-80gb" -- "$cur") ); return 0 ;;
+        serve:--host) COMPREPLY=(); return 0 ;;
+        serve:--port) COMPREPLY=(); return 0 ;;
+        serve:--api-key-file) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
+        serve:--max-adapters) COMPREPLY=(); return 0 ;;
+        serve:--max-adapter-mb) COMPREPLY=(); return 0 ;;
+        serve:--max-batch) COMPREPLY=(); return 0 ;;
+        serve:--max-tokens-cap) COMPREPLY=(); return 0 ;;
+        serve:--queue-size) COMPREPLY=(); return 0 ;;
+        serve:--set) COMPREPLY=(); return 0 ;;
     esac
     case "$cmd" in
-        "") opts="generate inspect eval bench merge convert train --version --verbose -v --help -h" ;;
+        "") opts="generate inspect eval bench merge convert train serve --version --verbose -v --help -h" ;;
         generate) opts="--output -o --from-file -f --embedding-file --checkpoint -c --base-model -m --dtype --scale --scaling --batch-size --skip-bad --preview --max-new-tokens --profile -p --set --force --json --trust-remote-code --help -h" ;;
         inspect) opts="--compat --similarity --space --plot --clusters --set --json --trust-remote-code --help -h" ;;
         eval) opts="--tasks -t --conditions --checkpoint -c --description -d --descriptions-file --sni-prompt --max-descriptions --adapter -a --lora --limit -n --num-fewshot -k --max-new-tokens --batch-size --gen-batch-size --backend --base-model -m --scaling --no-chat-template --data-dir --allow-code-exec --seed --log-samples --output -o --profile -p --set --force --json --trust-remote-code --help -h" ;;
@@ -98,6 +110,7 @@ _t2l() {
         merge) opts="--output -o --into-base --export --method --weights -w --rank -r --density --seed --description -d --checkpoint -c --base-model -m --dtype --max-shard-size --max-lora-rank --name --runtime-base --profile -p --set --force --json --trust-remote-code --help -h" ;;
         convert) opts="--output -o --dtype --force --json --help -h" ;;
         train) opts="--output -o --set --resume --force --max-steps --time-budget --list-recipes --show-recipe --profile -p --json --help -h" ;;
+        serve) opts="--checkpoint -c --base-model -m --profile -p --host --port --api-key-file --insecure-no-auth --max-adapters --max-adapter-mb --max-batch --max-tokens-cap --queue-size --set --trust-remote-code --help -h" ;;
         *) opts="" ;;
     esac
     if [[ -z "$cmd" || "$cur" == -* ]]; then

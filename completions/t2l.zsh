@@ -13,6 +13,7 @@ _t2l() {
     'merge:Merge an adapter into its base, combine adapters or descriptions, or export for vLLM/SGLang/llama.cpp/Ollama.'
     'convert:Convert a T2L checkpoint to the native format - no pickle, zero buffers dropped, provenance recorded.'
     'train:Train a hypernetwork (SFT or reconstruction) or a LoRA baseline from a recipe.'
+    'serve:Serve the base model and description-made adapters over an OpenAI-compatible HTTP API.'
   )
   _arguments -C \
     '--version[Show the version and exit.]' \
@@ -161,6 +162,25 @@ _t2l() {
             '--json[Print machine-readable JSON on stdout.]' \
             '(--help -h)'{--help,-h}'[Show the help and exit.]' \
             '*: :_files'
+          ;;
+        serve)
+          _arguments \
+            '(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files' \
+            '(--base-model -m)'{--base-model,-m}'[Base model - registry name, local folder or hub id.]:base-model:_files' \
+            '(--profile -p)'{--profile,-p}'[Hardware profile - a shipped name (cpu, gpu-16gb, gpu-24gb, gpu-80gb) or a YAML path.]:profile:(cpu gpu-16gb gpu-24gb gpu-80gb)' \
+            '--host[Address to listen on; anything but loopback needs --api-key-file or --insecure-no-auth.]:host: ' \
+            '--port[TCP port (0 = any free port).]:port: ' \
+            '--api-key-file[File holding the API key; every /v1 route then needs Authorization - Bearer KEY.]:api-key-file:_files' \
+            '--insecure-no-auth[Allow a non-loopback --host without an API key.]' \
+            '--max-adapters[Adapters kept in the in-memory cache (LRU).]:max-adapters: ' \
+            '--max-adapter-mb[Memory the adapter cache may hold, in MiB.]:max-adapter-mb: ' \
+            '--max-batch[Requests decoded together in one batch.]:max-batch: ' \
+            '--max-tokens-cap[The largest max_tokens a request may ask for.]:max-tokens-cap: ' \
+            '--queue-size[Requests that may wait for a batch; more get 503 + Retry-After.]:queue-size: ' \
+            '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
+            '--trust-remote-code[Allow encoders that run code from their repository (gte-large-en-v1.5).]' \
+            '(--help -h)'{--help,-h}'[Show the help and exit.]' \
+            '*: : '
           ;;
       esac ;;
   esac

@@ -431,14 +431,19 @@ def create_app(engine: ServeEngine, api_key: str | None = None, metrics: Metrics
             return StreamingResponse(_stream(job, events, entry, rid, model, created, chat, t2l, include_usage),
                                      media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
         parts: list[str] = []
+        checked = time.perf_counter()
         try:
             while True:
                 try:
                     ev = await asyncio.wait_for(events.get(), timeout=0.25)
                 except asyncio.TimeoutError:
+                    ev = {"type": "wait"}
+                if time.perf_counter() - checked >= 0.25:  # also while tokens stream in: the client may be gone
+                    checked = time.perf_counter()
                     if await request.is_disconnected():
                         job.cancelled.set()
                         return Response(status_code=499)
+                if ev["type"] == "wait":
                     continue
                 if ev["type"] == "delta":
                     parts.append(ev["text"])
