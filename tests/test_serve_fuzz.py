@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import urllib.parse
 from collections import Counter
 
@@ -41,7 +42,12 @@ class ServeProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "t2lcli", "serve", "--checkpoint", str(checkpoint), "--port", "0", *extra],
                                      stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL, text=True,
                                      env={**os.environ, **(env or {})})
-        line = self.proc.stdout.readline()  # "t2l serve: listening on http://127.0.0.1:PORT  (Ctrl-C to stop)" once ready
+        watchdog = threading.Timer(180, self.proc.kill)  # a server that never gets ready must not hang the suite
+        watchdog.start()
+        try:
+            line = self.proc.stdout.readline()  # "t2l serve: listening on http://127.0.0.1:PORT  (Ctrl-C to stop)" once ready
+        finally:
+            watchdog.cancel()
         if "listening on http://127.0.0.1:" not in line:
             self.stop()
             raise RuntimeError(f"t2l serve did not start: {line!r}\n{self.log()[-3000:]}")
