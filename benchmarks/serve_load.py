@@ -204,7 +204,7 @@ def section_ttft_decode(srv: Server, args: argparse.Namespace, budget: Budget) -
     assert status == 200, made
     rates: dict[str, list[float]] = {"base": [], "adapter": []}
     tokens: dict[str, list[int]] = {"base": [], "adapter": []}
-    for i in range(args.decode_runs):
+    for _ in range(args.decode_runs):
         budget.check("(b) decode tokens/s")
         for side, model in (("base", srv.base), ("adapter", f"t2l:{made['id']}")):
             body = {"model": model, "prompt": LONG_PROMPT, "max_tokens": args.decode_tokens, "temperature": 0}
