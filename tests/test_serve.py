@@ -223,6 +223,22 @@ def test_mixed_adapters_in_one_batch_equal_one_at_a_time(srv: LiveServer, http: 
     assert [toks for toks, _ in together] == [toks for toks, _ in alone]
     assert alone[0][0] != alone[1][0] or alone[1][0] != alone[2][0]  # the adapters change the output
 
+    # continuous batching: requests that arrive while a batch decodes join it (their KV rows are merged in)
+    hook = eng.model.register_forward_pre_hook(lambda *_: time.sleep(0.02))
+    try:
+        first = threading.Thread(target=lambda: joined.append(run([rows[1]])[0]))
+        joined: list = []
+        first.start()
+        while not eng.scheduler.q.empty() or eng.scheduler.waiting:
+            time.sleep(0.005)
+        time.sleep(0.05)
+        late = run([rows[0], rows[2]])
+        first.join(60)
+    finally:
+        hook.remove()
+    assert all(bs >= 2 for _, bs in late), late
+    assert [toks for toks, _ in late] == [alone[0][0], alone[2][0]] and joined[0][0] == alone[1][0]
+
 
 # ---- cache -------------------------------------------------------------------------------------------------------------
 
@@ -341,6 +357,21 @@ def test_every_bad_input_gets_one_clear_4xx(srv: LiveServer, http: httpx.Client)
     assert http.get("/health").json()["status"] == "ok"  # still answering
 
 
+def test_odd_but_valid_input_is_answered(srv: LiveServer, http: httpx.Client):
+    odd = [
+        b'{"model": "%s", "messages": [{"role": "user", "content": "lone \\ud800 surrogate"}], "max_tokens": 3}' % srv.base.encode(),
+        json.dumps({"model": srv.base, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3, "temperature": 1e-30}).encode(),
+        json.dumps({"model": srv.base, "messages": [{"role": "user", "content": [{"type": "text", "text": "parts"}]}], "max_tokens": 3,
+                    "seed": -(10**30), "top_p": 1e-9, "user": "ignored", "frequency_penalty": 0}).encode(),
+        json.dumps({"model": srv.base, "messages": [{"role": "user", "content": "x"}], "max_tokens": 3,
+                    "t2l": {"description": "lone \ud800 surrogate in a description"}}).encode(),
+    ]
+    for body in odd:
+        r = http.post("/v1/chat/completions", content=body)
+        assert r.status_code == 200, (body, r.text)
+        assert isinstance(r.json()["choices"][0]["message"]["content"], str)
+
+
 def test_queue_full_answers_503_with_retry_after(tiny_checkpoint_dir: Path):
     with LiveServer(tiny_engine(tiny_checkpoint_dir, max_batch=1, queue_size=1)) as s, httpx.Client(base_url=s.url, timeout=60) as c:
         gate = threading.Event()
@@ -428,6 +459,13 @@ def test_non_loopback_host_needs_a_key(runner, cli_app, tmp_path: Path):
     assert res.exit_code != 0 and "at least 16" in res.output
     res = runner.invoke(cli_app, ["serve", "--max-batch", "0"])
     assert res.exit_code != 0 and "--max-batch" in res.output
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        res = runner.invoke(cli_app, ["serve", "--port", str(busy.getsockname()[1])])
+    assert res.exit_code != 0 and "cannot listen" in res.output and "Traceback" not in res.output
 
 
 def test_t2l_serve_process_ready_answers_and_stops_on_ctrl_c(tiny_checkpoint_dir: Path, tmp_path: Path):

@@ -41,13 +41,13 @@ def _make_hook(a: torch.Tensor, b: torch.Tensor, scale: float | torch.Tensor, dr
         x = inputs[0]
         if dropout:
             x = torch.nn.functional.dropout(x, dropout, True)
-        aa, bb = a.to(x.dtype), b.to(x.dtype)
+        aa, bb = a.to(x.device, x.dtype), b.to(x.device, x.dtype)  # no-ops unless the layer lives elsewhere (device_map)
         if aa.dim() == 2:
             delta = (x @ aa.T) @ bb.T
         else:  # per-example factors; x: [B, T, d_in]
             delta = torch.einsum("btr,bor->bto", torch.einsum("btd,brd->btr", x, aa), bb)
         if isinstance(scale, torch.Tensor):
-            return output + scale.to(output.dtype) * delta.to(output.dtype)
+            return output + scale.to(output.device, output.dtype) * delta.to(output.dtype)
         return output + scale * delta.to(output.dtype)
 
     return hook

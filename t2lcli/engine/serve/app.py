@@ -408,7 +408,11 @@ def create_app(engine: ServeEngine, api_key: str | None = None, metrics: Metrics
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
+        release = _releaser(engine, entry)
+
         def sink(ev: dict[str, Any]) -> None:
+            if ev["type"] != "delta":  # the row is done with its adapter, whether or not anyone still listens
+                release()
             try:
                 loop.call_soon_threadsafe(events.put_nowait, ev)
             except RuntimeError:  # the event loop is gone (shutdown)
@@ -418,8 +422,7 @@ def create_app(engine: ServeEngine, api_key: str | None = None, metrics: Metrics
         try:
             engine.submit(job)
         except QueueFull as exc:
-            if entry is not None:
-                engine.cache.release(entry)
+            release()
             raise ApiError(503, f"the server is busy: {exc}; retry shortly", "queue_full", "server_busy", headers={"retry-after": "1"})
         t2l = {"adapter_id": entry.id if entry else None, "cached": (not generated) if entry else None,
                "generate_ms": entry.info["generate_ms"] if generated and entry else 0.0}
@@ -454,8 +457,6 @@ def create_app(engine: ServeEngine, api_key: str | None = None, metrics: Metrics
                     break
         finally:
             job.cancelled.set()  # no-op when finished; stops the row if this task was cancelled
-            if entry is not None:
-                engine.cache.release(entry)
         text = "".join(parts)
         usage = _usage(ev)
         t2l.update(_timing(ev))
@@ -497,12 +498,10 @@ def create_app(engine: ServeEngine, api_key: str | None = None, metrics: Metrics
             yield "data: [DONE]\n\n"
         finally:
             job.cancelled.set()  # the client went away (or we are done): stop decoding this row
-            if entry is not None:
-                engine.cache.release(entry)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Any:
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        messages = [{"role": m.role, "content": valid_text(m.text())} for m in body.messages]  # lone surrogates -> U+FFFD
         ids = await asyncio.to_thread(engine.chat_ids, messages)
         mt = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         return await complete(request, body, ids, mt, chat=True)
@@ -514,7 +513,9 @@ def create_app(engine: ServeEngine, api_key: str | None = None, metrics: Metrics
             if len(prompt) != 1:
                 raise ApiError(400, "prompt must be one string (batches of prompts are not supported)", "invalid_value", param="prompt")
             prompt = prompt[0]
-        ids = await asyncio.to_thread(engine.text_ids, prompt)
+        ids = await asyncio.to_thread(engine.text_ids, valid_text(prompt))
+        if not ids:
+            raise ApiError(400, "prompt is empty", "invalid_value", param="prompt")
         return await complete(request, body, ids, body.max_tokens, chat=False)
 
     # ---- health, metrics, page ----
@@ -543,6 +544,22 @@ def create_app(engine: ServeEngine, api_key: str | None = None, metrics: Metrics
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     return AccessLog(BearerAuth(BodyLimit(app), api_key), metrics)
+
+
+def _releaser(engine: ServeEngine, entry: CacheEntry | None) -> Any:
+    """Release `entry` once, from whichever side finishes first (the scheduler thread or the request)."""
+    import threading
+
+    lock, state = threading.Lock(), {"done": entry is None}
+
+    def release() -> None:
+        with lock:
+            if state["done"]:
+                return
+            state["done"] = True
+        engine.cache.release(entry)  # type: ignore[arg-type]
+
+    return release
 
 
 def _reason(ev: dict[str, Any]) -> str:

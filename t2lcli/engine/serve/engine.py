@@ -4,7 +4,8 @@ thread that decodes queued requests together in one batch, each row with its own
 Batching: the scheduler takes up to `max_batch` waiting requests, left-pads their prompts, runs one prefill and then
 one decode step per token for all rows at once (the HF model's KV cache), with per-row LoRA factors through
 `lora_hooks.apply_factors` + `row_factors`. A row that finishes (EOS, a stop string, `max_tokens`, or its client
-went away) leaves the batch; requests that arrive meanwhile form the next batch.
+went away) leaves the batch; requests that arrive meanwhile are prefilled and join it (their KV rows merged in,
+left-padded) while there is room, so nobody waits for the longest answer of a batch to end.
 """
 
 from __future__ import annotations
@@ -166,6 +167,26 @@ class ServeEngine:
         self.scheduler.stop()
 
 
+def _joinable(cache: Any) -> bool:
+    """New rows can be merged into this cache: plain dynamic layers only (no sliding windows, no static buffers)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer and layer.keys is not None and layer.keys.dim() == 4 for layer in layers)
+
+
+def _merge_rows(cache: Any, other: Any, mask: torch.Tensor, other_mask: torch.Tensor) -> torch.Tensor:
+    """Append the rows of `other` to `cache`, left-padding the shorter one (masked out); returns the joint mask."""
+    import torch.nn.functional as F
+
+    width = max(mask.shape[1], other_mask.shape[1])
+    for a, b in zip(cache.layers, other.layers, strict=True):
+        ta, tb = a.keys.shape[-2], b.keys.shape[-2]
+        a.keys = torch.cat([F.pad(a.keys, (0, 0, width - ta, 0)), F.pad(b.keys, (0, 0, width - tb, 0))])
+        a.values = torch.cat([F.pad(a.values, (0, 0, width - ta, 0)), F.pad(b.values, (0, 0, width - tb, 0))])
+    return torch.cat([F.pad(mask, (width - mask.shape[1], 0)), F.pad(other_mask, (width - other_mask.shape[1], 0))])
+
+
 def _select_rows(cache: Any, idx: torch.Tensor) -> None:
     """Keep only rows `idx` of a transformers KV cache."""
     if hasattr(cache, "batch_select_indices"):
@@ -212,14 +233,14 @@ class Scheduler:
         if m:
             m.queue_depth.set(self.waiting)
 
-    def _take(self) -> list[Job]:
+    def _take(self, limit: int, wait: bool = True) -> list[Job]:
         try:
-            first = self.q.get(timeout=0.1)
+            first = self.q.get(timeout=0.1) if wait else self.q.get_nowait()
         except queue.Empty:
             return []
         jobs = [first]
-        deadline = time.perf_counter() + self.engine.settings.batch_window_s
-        while len(jobs) < self.engine.settings.max_batch:
+        deadline = time.perf_counter() + (self.engine.settings.batch_window_s if wait else 0.0)
+        while len(jobs) < limit:
             left = deadline - time.perf_counter()
             try:
                 jobs.append(self.q.get(timeout=left) if left > 0 else self.q.get_nowait())
@@ -232,7 +253,7 @@ class Scheduler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            jobs = [j for j in self._take() if not self._drop_cancelled(j)]
+            jobs = [j for j in self._take(self.engine.settings.max_batch) if not self._drop_cancelled(j)]
             if not jobs:
                 continue
             try:
@@ -251,6 +272,7 @@ class Scheduler:
 
     @torch.no_grad()
     def _decode(self, jobs: list[Job]) -> None:
+        """Decode `jobs` as one batch; requests that arrive meanwhile are appended to `jobs` as they join it."""
         from t2lcli.engine.lora_hooks import apply_factors, row_factors
 
         eng = self.engine
@@ -258,27 +280,32 @@ class Scheduler:
         n = len(jobs)
         if eng.metrics:
             eng.metrics.batch_size.observe(n)
-        width = max(len(j.prompt_ids) for j in jobs)
-        ids = torch.full((n, width), eng.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for i, j in enumerate(jobs):
-            ids[i, width - len(j.prompt_ids):] = torch.tensor(j.prompt_ids, dtype=torch.long)
-            mask[i, width - len(j.prompt_ids):] = 1
-            j.started = time.perf_counter()
-            j.batch_size = n
-        ids, mask = ids.to(dev), mask.to(dev)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
         gens = [self._rng(j) for j in jobs]
-        from transformers import DynamicCache
-
-        kv = DynamicCache()
         active = list(range(n))  # indices into `jobs` of the rows still in the batch
         handle = self._hooks(jobs, active, apply_factors, row_factors)
         t0, produced = time.perf_counter(), 0
         try:
-            logits = eng.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=kv, use_cache=True).logits[:, -1]
-            next_pos = pos[:, -1] + 1
+            logits, kv, mask, next_pos = self._prefill(jobs)
             while True:
+                if len(active) < eng.settings.max_batch and not self.q.empty() and _joinable(kv):
+                    # continuous batching: requests that arrived meanwhile join the running batch
+                    new = [j for j in self._take(eng.settings.max_batch - len(active), wait=False) if not self._drop_cancelled(j)]
+                    if new:
+                        handle.remove()
+                        first = len(jobs)
+                        jobs.extend(new)
+                        gens.extend(self._rng(j) for j in new)
+                        handle = self._hooks(jobs, list(range(first, len(jobs))), apply_factors, row_factors)
+                        logits2, kv2, mask2, pos2 = self._prefill(new)
+                        handle.remove()
+                        mask = _merge_rows(kv, kv2, mask, mask2)
+                        logits, next_pos = torch.cat([logits, logits2]), torch.cat([next_pos, pos2])
+                        active += list(range(first, len(jobs)))
+                        for ji in active:
+                            jobs[ji].batch_size = max(jobs[ji].batch_size, len(active))
+                        if eng.metrics:
+                            eng.metrics.batch_size.observe(len(active))
+                        handle = self._hooks(jobs, active, apply_factors, row_factors)
                 keep, toks = [], []
                 for row, ji in enumerate(active):
                     j = jobs[ji]
@@ -313,18 +340,40 @@ class Scheduler:
                 if dt > 0:
                     eng.metrics.tokens_per_s.set(produced / dt)
 
+    def _prefill(self, jobs: list[Job]) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+        """Left-padded prompts of `jobs` through the model (hooks already set): last logits, KV cache, mask, next positions."""
+        from transformers import DynamicCache
+
+        eng, dev, n = self.engine, self.engine.device, len(jobs)
+        width = max(len(j.prompt_ids) for j in jobs)
+        ids = torch.full((n, width), eng.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, j in enumerate(jobs):
+            ids[i, width - len(j.prompt_ids):] = torch.tensor(j.prompt_ids, dtype=torch.long)
+            mask[i, width - len(j.prompt_ids):] = 1
+            j.started = time.perf_counter()
+            j.batch_size = max(j.batch_size, n)
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        kv = DynamicCache()
+        logits = eng.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=kv, use_cache=True).logits[:, -1]
+        return logits, kv, mask, pos[:, -1] + 1
+
     def _hooks(self, jobs: list[Job], active: list[int], apply_factors: Any, row_factors: Any) -> Any:
         from t2lcli.engine.lora_hooks import HookHandle
 
         rows = [jobs[i].entry for i in active]
         if all(e is None for e in rows):
             return HookHandle()
+        if all(e is rows[0] for e in rows):  # one adapter for the whole batch: plain 2-D factors, no per-row product
+            assert rows[0] is not None
+            return apply_factors(self.engine.model, rows[0].factors, rows[0].scaling)
         factors = row_factors([e.factors if e is not None else None for e in rows])
         scale = torch.tensor([e.scaling if e is not None else 0.0 for e in rows], dtype=torch.float32, device=self.engine.device)
         return apply_factors(self.engine.model, factors, scale)
 
     def _rng(self, job: Job) -> torch.Generator | None:
-        if job.temperature <= 0:
+        if job.temperature < 1e-4:  # greedy (a temperature this small would overflow the softmax anyway)
             return None
         g = torch.Generator(device=self.engine.device)
         g.manual_seed(job.seed if job.seed is not None else secrets.randbits(63))
