@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.t2l-installed
 
-.PHONY: demo models test test-slow lint install train-default train-default-lora ship-default eval-default similarity-default bench completions docs clean
+.PHONY: demo models test test-slow lint install browser-deps serve-load train-default train-default-lora ship-default eval-default similarity-default bench completions docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,19 @@ demo: models
 ## make test: the test suite (unit tests; tiny models built in code, no downloads)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## make browser-deps: headless Chromium + chromedriver (Debian packages) for tests/test_serve_browser.py; selenium is in the dev extra
+browser-deps: $(STAMP)
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+	  echo "browser-deps: $$(chromium --version 2>/dev/null | head -n 1), $$(chromedriver --version | head -n 1)"; \
+	else \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+## make serve-load: the `t2l serve` speed and load figures (loopback servers, bounded, stop by themselves)
+serve-load: $(STAMP)
+	$(BIN)/python benchmarks/serve_load.py
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
