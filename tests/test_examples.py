@@ -35,6 +35,7 @@ EXEMPT = {
     "torchrun ": "distributed training of the default recipe",
     "accelerate launch": "distributed training of the default recipe",
     "t2l COMMAND --help": "a placeholder for any command",
+    "t2l serve": "starts a server that runs until stopped (tests/test_serve.py starts the real `t2l serve` process)",
 }
 # examples that run, but load the base model or measure for minutes: `-m slow`
 SLOW = (
@@ -47,7 +48,7 @@ SLOW = (
 )
 FAST_OVERRIDES = ("t2l bench --plan --profile",)
 # the help groups in the order they run (later groups use what earlier ones wrote)
-ORDER = ["generate", "inspect", "merge", "convert", "bench", "eval", "train", "t2l"]
+ORDER = ["generate", "inspect", "merge", "convert", "bench", "eval", "train", "serve", "t2l"]
 # adapters the examples name as inputs (out/code, a/, b/, ...), written once before the examples run
 SETUP = [
     'printf \'{"name": "code", "description": "Write a Python function for the task."}\\n{"name": "a", "description": "Answer math questions."}\\n'

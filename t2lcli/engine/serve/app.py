@@ -13,7 +13,6 @@ import re
 import secrets
 import sys
 import time
-import unicodedata
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -54,13 +53,8 @@ def _error_response(status: int, message: str, code: str, type_: str = "invalid_
 
 
 def description_error(text: str) -> str | None:
-    """Why `text` cannot be a description (generate's rule, plus: something visible must be left)."""
-    problem = description_problem(text)
-    if problem:
-        return problem
-    if not any(not unicodedata.category(c).startswith(("C", "Z")) for c in text):
-        return "description has no visible characters (only control or space characters)"
-    return None
+    """Why `text` cannot be a description: generate's one rule (t2lcli.text)."""
+    return description_problem(text)
 
 
 def route_label(path: str) -> str:
@@ -230,7 +224,7 @@ def create_app(engine: ServeEngine, api_key: str | None = None, metrics: Metrics
         yield
         await asyncio.to_thread(engine.close)
 
-    app = FastAPI(title="t2l serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(title="t2l serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan, redirect_slashes=False)
 
     @app.exception_handler(ApiError)
     async def _api_error(_r: Request, exc: ApiError) -> JSONResponse:
