@@ -85,7 +85,7 @@ $(LLAMA_DIR)/bin/llama_greedy: tests/tools/llama_greedy.c tests/tools/llama_lora
 llamacpp: $(LLAMA_DIR)/bin/llama_greedy
 
 ## make test-engines: the real-engine tests (vLLM CPU; llama.cpp where built) in their own venvs, bounded in time
-test-engines: $(VLLM_STAMP) models
+test-engines: $(VLLM_STAMP) models llamacpp
 	$(VLLM_VENV)/bin/python -m pytest -q -m engines -o addopts='--strict-markers -p no:cacheprovider' -s tests/test_engines.py
 
 lint: $(STAMP)

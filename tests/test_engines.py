@@ -62,13 +62,13 @@ def _t2l(bin_dir: Path, *args: str, timeout: float = 900) -> subprocess.Complete
     return subprocess.run([str(bin_dir / "t2l"), *args], capture_output=True, text=True, timeout=timeout, env=_env())
 
 
-def _greedy(which: str, spec: dict, tmp: Path, timeout: float = 900) -> dict:
+def _greedy(which: str, spec: dict, tmp: Path, timeout: float = 900, tag: str = "") -> dict:
     py = sys.executable if which == "vllm" else str(MAIN_BIN / "python")
-    (tmp / f"{which}.spec.json").write_text(json.dumps(spec))
-    run = subprocess.run([py, str(GREEDY), which, str(tmp / f"{which}.spec.json"), str(tmp / f"{which}.out.json")],
-                         capture_output=True, text=True, timeout=timeout, env=_env())
+    spec_file, out_file = tmp / f"{which}{tag}.spec.json", tmp / f"{which}{tag}.out.json"
+    spec_file.write_text(json.dumps(spec))
+    run = subprocess.run([py, str(GREEDY), which, str(spec_file), str(out_file)], capture_output=True, text=True, timeout=timeout, env=_env())
     assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads((tmp / f"{which}.out.json").read_text())
+    return json.loads(out_file.read_text())
 
 
 def _free_port() -> int:
@@ -281,3 +281,68 @@ def test_exports_load_in_vllm_and_match_peft(tmp_path):
     assert changed >= n // 2
     for name in adapters:
         assert counts[name] >= n - 1, (name, counts)  # at most one near-tie may flip between two CPU kernels
+
+
+# ------------------------------------------------------------------------------------------------ llama.cpp
+
+
+def _prefix(a: list, b: list) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def test_llamacpp_runs_the_gguf_export_like_the_merged_model(tmp_path):
+    """The `merge --export llamacpp` adapter on the packaged Q4_1 GGUF in real llama.cpp (make llamacpp) vs the HF
+    model with the same adapter merged in (`merge --into-base`, fp32 weights dequantized from that GGUF). llama.cpp
+    multiplies Q4_1 weights with Q8-quantized activations, so its greedy tokens drift from fp32 HF on the base alone;
+    the export is right when the adapter adds no drift of its own: the adapted pair agrees as well as the base pair."""
+    probe = Path(os.environ.get("T2L_LLAMA_DIR", ROOT / ".llamacpp")) / "bin" / "llama_greedy"
+    if not probe.is_file():
+        pytest.fail(f"{probe} is missing: run make llamacpp")
+    if not (MAIN_BIN / "t2l").is_file():
+        pytest.fail(f"the reference side needs the main venv's t2l at {MAIN_BIN / 't2l'} (make install)")
+    base = _base()
+    ad = tmp_path / "ad"
+    assert _t2l(MAIN_BIN, "generate", DESCRIPTION, "-o", str(ad)).returncode == 0
+    for args in (["--export", "llamacpp", "-o", str(tmp_path / "gg")], ["--into-base", "--dtype", "fp32", "-o", str(tmp_path / "merged")]):
+        res = _t2l(MAIN_BIN, "merge", str(ad), *args)
+        assert res.returncode == 0, res.stderr
+    gguf = subprocess.run([str(MAIN_BIN / "python"), "-c", "from t2lcli.engine.base_model import gguf_source; from t2lcli.models import lookup; "
+                           "print(gguf_source(lookup('smollm2-135m-instruct')))"], capture_output=True, text=True, timeout=300, env=_env())
+    assert gguf.returncode == 0, gguf.stderr
+    prompts = PROMPTS[:10]
+    n_new = 32
+    ref = _greedy("peft", {"base": base, "prompts": prompts, "max_new_tokens": n_new, "adapters": {"base": None, "peft": str(ad)}}, tmp_path)
+    merged = _greedy("peft", {"base": str(tmp_path / "merged"), "prompts": prompts, "max_new_tokens": n_new, "adapters": {"merged": None}},
+                     tmp_path, tag="-merged")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    ids = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=False) for p in prompts]
+    (tmp_path / "prompts.txt").write_text("\n".join(" ".join(map(str, x)) for x in ids) + "\n")
+    run = subprocess.run([str(probe), gguf.stdout.strip().splitlines()[-1], str(tmp_path / "prompts.txt"), str(n_new), str(tmp_path / "gg" / "adapter.gguf")],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out: dict[int, dict[int, list[int]]] = {0: {}, 1: {}}
+    for line in run.stdout.splitlines():
+        a, p, *toks = map(int, line.split())
+        out[a][p] = toks
+    llama_base, llama_ad = [out[0][i] for i in range(len(prompts))], [out[1][i] for i in range(len(prompts))]
+    n = len(prompts)
+    same_base, same_ad = _count_equal(llama_base, ref["base"]), _count_equal(llama_ad, merged["merged"])
+    pre_base = sum(_prefix(a, b) for a, b in zip(llama_base, ref["base"], strict=True)) / n
+    pre_ad = sum(_prefix(a, b) for a, b in zip(llama_ad, merged["merged"], strict=True)) / n
+    changed = sum(a != b for a, b in zip(llama_ad, llama_base, strict=True))
+    print(f"\nllama.cpp (Q4_1 GGUF) vs HF fp32, {n} prompts, {n_new} new tokens:")
+    print(f"  base, no adapter:              {same_base}/{n} identical, mean common prefix {pre_base:.1f} tokens")
+    print(f"  --export llamacpp vs merged HF: {same_ad}/{n} identical, mean common prefix {pre_ad:.1f} tokens")
+    print(f"  merged HF == peft: {_count_equal(merged['merged'], ref['peft'])}/{n}; the adapter changes llama.cpp's answer on {changed}/{n}")
+    for i in range(n):
+        if llama_ad[i] != merged["merged"][i]:
+            print(f"  differs #{i}: llama.cpp {tok.decode(llama_ad[i])!r} vs HF {tok.decode(merged['merged'][i])!r}")
+    assert changed >= n // 2  # the adapter is applied at all
+    assert _count_equal(merged["merged"], ref["peft"]) >= n - 1
+    # no drift beyond the base's own quantization drift (one prompt of slack: a near-tie can flip either way)
+    assert same_ad >= same_base - 1 and pre_ad >= 0.7 * pre_base
