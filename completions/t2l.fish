@@ -55,7 +55,7 @@ complete -c t2l -n '__fish_seen_subcommand_from eval' -l num-fewshot -s k -x -d 
 complete -c t2l -n '__fish_seen_subcommand_from eval' -l max-new-tokens -x -d 'Cap on generated tokens (defaults: gsm8k 256, code 512, SNI 128).'
 complete -c t2l -n '__fish_seen_subcommand_from eval' -l batch-size -s b -x -d 'Base-model batch size for scoring (default: profile base.batch_size).'
 complete -c t2l -n '__fish_seen_subcommand_from eval' -l gen-batch-size -x -d 'Batch size for generation (default: 64 on a CPU, else --batch-size).'
-complete -c t2l -n '__fish_seen_subcommand_from eval' -l backend -x -d 'hf (default; CPU or GPU) or vllm (CUDA only; pip install t2lcli[vllm]).'
+complete -c t2l -n '__fish_seen_subcommand_from eval' -l backend -x -d 'hf (default; CPU or GPU) or vllm (CUDA: pip install t2lcli[vllm]; CPU: vLLMs CPU build, make vllm-cp'
 complete -c t2l -n '__fish_seen_subcommand_from eval' -l base-model -s m -r -F -d 'Base model: registry name, local folder or hub id.'
 complete -c t2l -n '__fish_seen_subcommand_from eval' -l scaling -x -a 'rslora lora' -d 'Scaling of generated adapters: rslora (alpha/sqrt(r), as trained; default) or lora (alpha/r).'
 complete -c t2l -n '__fish_seen_subcommand_from eval' -l no-chat-template -d 'Send plain prompts even if the base has a chat template.'

