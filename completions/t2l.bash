@@ -102,7 +102,7 @@ _t2l() {
         serve:--set) COMPREPLY=(); return 0 ;;
     esac
     case "$cmd" in
-        "") opts="generate inspect eval bench merge convert train --version --verbose -v --help -h" ;;
+        "") opts="generate inspect eval bench merge convert train serve --version --verbose -v --help -h" ;;
         generate) opts="--output -o --from-file -f --embedding-file --checkpoint -c --base-model -m --dtype --scale --scaling --batch-size -b --skip-bad --preview --preview-all --max-new-tokens --profile -p --set --force --json --trust-remote-code --help -h" ;;
         inspect) opts="--compat --similarity --space --plot --clusters --set --json --trust-remote-code --help -h" ;;
         eval) opts="--tasks -t --conditions --checkpoint -c --description -d --descriptions-file --sni-prompt --max-descriptions --adapter -a --lora --limit -n --num-fewshot -k --max-new-tokens --batch-size -b --gen-batch-size --backend --base-model -m --scaling --no-chat-template --data-dir --allow-code-exec --seed --log-samples --output -o --profile -p --set --force --json --trust-remote-code --help -h" ;;
