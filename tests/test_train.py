@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from numeric import TINY_LLAMA_DEPTH, assert_close
 
 WORDS = ["cat", "dog", "sun", "moon", "tree", "rock", "fish", "bird", "star", "rain"]
 TASKS = {
@@ -161,8 +162,8 @@ def test_resume_after_kill_is_exact(tiny_data, train_base_dir, tiny_encoder_dir,
     a = load_file(str(ref / "final" / "hypernet.safetensors"))
     b = load_file(str(run / "final" / "hypernet.safetensors"))
     assert a.keys() == b.keys()
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst <= 1e-6, worst
+    for k in a:  # resumed = uninterrupted: the same kernels on the same data (the old 1e-6 bound, now relative)
+        assert_close(b[k], a[k], msg=k)
 
 
 LAUNCHERS = {
@@ -326,8 +327,9 @@ def test_answer_loss_equals_full_logits_loss(train_base_dir):
     fast = answer_loss(model, ids, mask, labels, 0.1)
     (g_fast,) = torch.autograd.grad(fast, x)
     hook.remove()
-    assert abs(float(full) - float(fast)) < 1e-5
-    assert torch.allclose(g_full, g_fast, atol=1e-5)
+    # the LM head on answer rows only vs. on every row: other matrix shapes, other kernels
+    assert_close(fast, full, depth=TINY_LLAMA_DEPTH)
+    assert_close(g_fast, g_full, depth=2 * TINY_LLAMA_DEPTH)  # forward and backward
     assert float(fast) > 0
 
 
@@ -346,7 +348,9 @@ def test_fsdp_checkpoint_resumes_to_the_same_weights(tiny_data, train_base_dir, 
 
     a = load_file(str(full / "final" / "hypernet.safetensors"))
     b = load_file(str(part / "final" / "hypernet.safetensors"))
-    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    assert a.keys() == b.keys()
+    for k in a:
+        assert_close(b[k], a[k], msg=k)
     from t2lcli.engine.generate import Generator
 
     ads = Generator.load(part / "final").generate(["Write the words in capital letters."])
