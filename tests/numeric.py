@@ -22,6 +22,9 @@ The rule (every numeric comparison in tests/ follows one of the two):
 
 from __future__ import annotations
 
+import os
+import sys
+
 import torch
 
 REL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}
@@ -64,7 +67,18 @@ def assert_close(got: torch.Tensor, want: torch.Tensor, *, depth: int = 1, dtype
     assert got.shape == want.shape, f"{msg}: shape {tuple(got.shape)} != {tuple(want.shape)}"
     tol = rel_tol(dtype or _lowest(got, want), depth)
     err = max_rel_diff(got, want)
+    _log(err, tol)
     assert err <= tol, f"{msg + ': ' if msg else ''}max |got - want| / max |want| = {err:.3g} > {tol:.3g} (depth {depth})"
+
+
+def _log(err: float, tol: float) -> None:
+    """`T2L_NUMERIC_LOG=file`: one line per comparison (`file:line error tolerance`), for the margins that
+    `make test-kernels` reports."""
+    path = os.environ.get("T2L_NUMERIC_LOG")
+    if path:
+        caller = sys._getframe(2)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"{os.path.basename(caller.f_code.co_filename)}:{caller.f_lineno} {err:.3e} {tol:.3e}\n")
 
 
 def _lowest(*tensors: torch.Tensor) -> torch.dtype:
