@@ -24,6 +24,7 @@ EXAMPLES = """[b]Examples[/b]
   t2l COMMAND --help                  # every command's options and examples
 """
 
+
 class _AsIs:
     """Coercion for the root's own options (--help, -v, --install-completion, ...) when click already produced the
     right type: typer would build a pydantic TypeAdapter for each, and importing pydantic costs every
@@ -43,6 +44,8 @@ class _AsIs:
 
 
 class _RootGroup(typer.core.TyperGroup):
+    """The root group: its bool/int options skip pydantic when click's value already has the right type."""
+
     def get_params(self, ctx: Any) -> list[Any]:
         params = super().get_params(ctx)
         for p in params:

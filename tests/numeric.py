@@ -71,14 +71,22 @@ def assert_close(got: torch.Tensor, want: torch.Tensor, *, depth: int = 1, dtype
     assert err <= tol, f"{msg + ': ' if msg else ''}max |got - want| / max |want| = {err:.3g} > {tol:.3g} (depth {depth})"
 
 
+def assert_rel_error(err: float, *, depth: int = 1, dtype: torch.dtype = torch.float32, msg: str = "") -> None:
+    """An error already relative to the magnitude (e.g. from `max_rel_diff` over a masked part) within tolerance."""
+    tol = rel_tol(dtype, depth)
+    _log(err, tol)
+    assert err <= tol, f"{msg + ': ' if msg else ''}relative error {err:.3g} > {tol:.3g} (depth {depth})"
+
+
 def _log(err: float, tol: float) -> None:
-    """`T2L_NUMERIC_LOG=file`: one line per comparison (`file:line error tolerance`), for the margins that
-    `make test-kernels` reports."""
+    """`T2L_NUMERIC_LOG=file`: one line per comparison (`file:line error tolerance test-id`): `make test-kernels`
+    reports the closest margin and reruns these tests under the other kernel configurations."""
     path = os.environ.get("T2L_NUMERIC_LOG")
     if path:
         caller = sys._getframe(2)
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
         with open(path, "a", encoding="utf-8") as fh:
-            fh.write(f"{os.path.basename(caller.f_code.co_filename)}:{caller.f_lineno} {err:.3e} {tol:.3e}\n")
+            fh.write(f"{os.path.basename(caller.f_code.co_filename)}:{caller.f_lineno} {err:.3e} {tol:.3e} {test}\n")
 
 
 def _lowest(*tensors: torch.Tensor) -> torch.dtype:

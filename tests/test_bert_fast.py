@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from numeric import TINY_BERT_DEPTH, assert_close, max_rel_diff, rel_tol
+from numeric import TINY_BERT_DEPTH, assert_close, assert_rel_error, max_rel_diff
 
 TEXTS = ["Answer math word problems step by step.", "Hi", "translate english into french , the capital city of the country"]
 
@@ -36,8 +36,8 @@ def _compare(folder: Path, texts: list[str], max_length: int | None = None) -> f
 
 def test_matches_transformers_on_tiny_bert(tiny_encoder_dir: Path) -> None:
     # our own attention/LayerNorm code vs. transformers' (sdpa): the same math through other kernels
-    assert _compare(tiny_encoder_dir, TEXTS) <= rel_tol(depth=TINY_BERT_DEPTH)
-    assert _compare(tiny_encoder_dir, TEXTS, max_length=6) <= rel_tol(depth=TINY_BERT_DEPTH)
+    assert_rel_error(_compare(tiny_encoder_dir, TEXTS), depth=TINY_BERT_DEPTH)
+    assert_rel_error(_compare(tiny_encoder_dir, TEXTS, max_length=6), depth=TINY_BERT_DEPTH)
 
 
 def test_text_encoder_uses_fast_path_and_matches(tiny_encoder_dir: Path) -> None:
@@ -97,8 +97,8 @@ def test_matches_transformers_on_minilm() -> None:
     folder = resolve_model("all-minilm-l6-v2", kind="encoder")
     long = "Classify the sentiment of a movie review as positive or negative; café naïve 東京. " * 12
     minilm_depth = 6 * TINY_BERT_DEPTH  # 6 layers
-    assert _compare(folder, [*TEXTS, long]) <= rel_tol(depth=minilm_depth)
-    assert _compare(folder, [*TEXTS, long], max_length=32) <= rel_tol(depth=minilm_depth)
+    assert_rel_error(_compare(folder, [*TEXTS, long]), depth=minilm_depth)
+    assert_rel_error(_compare(folder, [*TEXTS, long], max_length=32), depth=minilm_depth)
 
 
 def test_param_count_matches_the_model(tiny_encoder_dir: Path) -> None:

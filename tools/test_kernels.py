@@ -9,12 +9,18 @@ the test modules that compare numbers once per configuration:
 - 1 and 2 threads (OMP_NUM_THREADS, which torch and MKL read at start-up; tests that set threads themselves keep
   their own).
 
-Scope: every module under tests/ that uses tests/numeric.py or carries a `# bitwise:` check (found by reading
-the files, so a new numeric test is covered without editing this list), minus those marked slow by the suite's
-own default selection. The rest of the suite (CLI, errors, fuzzing, plugins) compares no floats and runs once in
-`make test`. Each configuration first runs a probe that reports what really ran (torch's CPU capability, the
-thread count, and whether a matmul + softmax gives other bits than with no variable set), so a variable that this
-CPU ignores shows up (on AMD CPUs MKL runs one code path whatever MKL_ENABLE_INSTRUCTIONS says).
+Scope (so that the matrix takes ~12 min on an idle 2-core machine instead of ~35 for the full suite 7 times):
+the first configuration (aten=default: no SIMD at all in torch's own kernels, the most different ones) runs every test module under
+tests/ that uses tests/numeric.py or carries a `# bitwise:` check, in full (the suite's default selection, so no
+`slow` tests). The other configurations run the tests of those modules that made a comparison through
+tests/numeric.py in that first run (it logs them) or carry a bitwise check: found from the files and the log, so a
+new numeric test is covered without editing a list. The rest of the suite (CLI, errors, fuzzing, plugins) compares
+no floats and runs once in `make test`; so does the module in EXCLUDED below, for the reason given there.
+
+Each configuration first runs a probe that reports what really ran (torch's CPU capability, the thread count, and
+whether a matmul + softmax gives other bits than with no variable set), so a variable that this CPU ignores shows
+up (on AMD CPUs MKL runs one code path whatever MKL_ENABLE_INSTRUCTIONS says). The line also gives the comparison
+closest to its tolerance (tests/numeric.py logs every one).
 
 One line per configuration with the pass/fail counts; the exit status is non-zero if any configuration fails.
 `T2L_KERNEL_CONFIGS=name,name` runs only those; extra arguments are passed to pytest.
@@ -34,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
 
 CONFIGS: dict[str, dict[str, str]] = {
-    "aten=default": {"ATEN_CPU_CAPABILITY": "default"},
+    "aten=default": {"ATEN_CPU_CAPABILITY": "default"},  # first: it runs the whole modules and finds the numeric tests
     "aten=avx2": {"ATEN_CPU_CAPABILITY": "avx2"},
     "aten=avx512": {"ATEN_CPU_CAPABILITY": "avx512"},
     "mkl=SSE4_2": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
@@ -82,13 +88,48 @@ def skip_reason(name: str, flags: set[str]) -> str | None:
     return None
 
 
+# modules left out, with why: their comparisons hold by construction under any one configuration
+EXCLUDED = {
+    "test_hardening_kill.py": "kill-safety of writes; its one comparison is a resumed run against an uninterrupted one in the same "
+                              "environment, and its many SIGKILLed subprocesses take minutes",
+}
+
+
 def numeric_modules() -> list[str]:
     out = []
     for path in sorted(TESTS.glob("test_*.py")):
+        if path.name in EXCLUDED:
+            continue
         text = path.read_text(encoding="utf-8")
         if re.search(r"^from numeric import|^\s*import numeric\b", text, re.M) or "# bitwise:" in text:
             out.append(str(path.relative_to(ROOT)))
     return out
+
+
+def bitwise_tests(modules: list[str]) -> set[str]:
+    """Test functions with a `# bitwise:` check in their body or in a module-level helper they call."""
+    import ast
+
+    out = set()
+    for mod in modules:
+        text = (ROOT / mod).read_text(encoding="utf-8")
+        lines = text.splitlines()
+        funcs = [n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef)]
+        body = {f.name: "\n".join(lines[f.lineno - 1:f.end_lineno]) for f in funcs}
+        marked = {name for name, src in body.items() if "# bitwise:" in src}
+        for name, src in body.items():
+            if name.startswith("test_") and (name in marked or any(re.search(rf"\b{h}\(", src) for h in marked - {name})):
+                out.add(f"{mod}::{name}")
+    return out
+
+
+def logged_tests(log: Path) -> set[str]:
+    """The tests that made a comparison through tests/numeric.py (their parametrisations run again as a whole)."""
+    try:
+        rows = log.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return set()
+    return {parts[3].split("[", 1)[0] for parts in (r.split(" ", 3) for r in rows) if len(parts) == 4 and "::" in parts[3]}
 
 
 def environment(extra: dict[str, str]) -> dict[str, str]:
@@ -123,15 +164,15 @@ def worst(log: Path) -> str:
     except OSError:
         return "no comparisons logged"
     for row in rows:
-        parts = row.split()
-        if len(parts) == 3:
+        parts = row.split(" ", 3)
+        if len(parts) >= 3:
             err, tol = float(parts[1]), float(parts[2])
             ratio = err / tol if tol else (0.0 if err == 0 else float("inf"))
             if ratio > best[0]:
                 best = (ratio, parts[0], err, tol)
     if best[0] < 0:
         return "no comparisons logged"
-    return f"{sum(1 for r in rows if r.strip())} comparisons, closest {best[0]:.0%} of its tolerance ({best[1]}: {best[2]:.1e} vs {best[3]:.1e})"
+    return f"{sum(1 for r in rows if r.strip())} comparisons; closest {best[0]:.0%} of its tolerance ({best[1]}: {best[2]:.1e} vs {best[3]:.1e})"
 
 
 def main(argv: list[str]) -> int:
@@ -144,8 +185,11 @@ def main(argv: list[str]) -> int:
     modules = numeric_modules()
     print(f"test-kernels on {cpu_model()} ({os.cpu_count()} CPUs): {len(modules)} modules: {' '.join(Path(m).stem for m in modules)}",
           flush=True)
+    for mod, why in EXCLUDED.items():
+        print(f"  left out: {mod} ({why})", flush=True)
     _, plain = probe(environment({}))
     failed, lines = [], []
+    selection: list[str] = []  # after the first configuration: the tests that compare numbers
     for name in wanted:
         reason = skip_reason(name, flags)
         if reason:
@@ -154,16 +198,22 @@ def main(argv: list[str]) -> int:
             env = environment(CONFIGS[name])
             what, digest = probe(env)
             what += ", matmul/softmax bits " + ("differ from the plain run" if digest != plain else "as in the plain run")
+            targets = selection or modules
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
-                env["T2L_NUMERIC_LOG"] = str(Path(tmp) / "numeric.log")
-                res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *modules, *argv], cwd=ROOT, env=env,
+                env["T2L_NUMERIC_LOG"] = log = str(Path(tmp) / "numeric.log")
+                res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *targets, *argv], cwd=ROOT, env=env,
                                      capture_output=True, text=True)
-                margin = worst(Path(env["T2L_NUMERIC_LOG"]))
+                margin = worst(Path(log))
+                if not selection:
+                    selection = sorted(logged_tests(Path(log)) | bitwise_tests(modules))
+                    print(f"  the other configurations run the {len(selection)} tests (all their parametrisations) that compared "
+                          "numbers here or carry a bitwise check", flush=True)
             c = counts(res.stdout)
             ok = res.returncode == 0 and c.get("passed", 0) > 0
             summary = ", ".join(f"{v} {k}" for k, v in c.items()) or "no summary"
-            line = f"{name:<14} {'PASS' if ok else 'FAIL'}: {summary} in {time.perf_counter() - t0:.0f} s ({what}; {margin})"
+            scope = "modules" if targets is modules else "numeric tests"
+            line = f"{name:<14} {'PASS' if ok else 'FAIL'}: {summary} ({scope}) in {time.perf_counter() - t0:.0f} s; {what}; {margin}"
             if not ok:
                 failed.append(name)
                 sys.stdout.write("\n".join(res.stdout.splitlines()[-40:]) + "\n")
