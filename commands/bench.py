@@ -1,7 +1,5 @@
 """`t2l bench`: latency, throughput, memory and baselines of adapter generation, measured here; or a memory plan."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Any
 

@@ -1,7 +1,5 @@
 """`t2l convert`: an official SakanaAI checkpoint (or any checkpoint t2l loads) -> the native t2l format."""
 
-from __future__ import annotations
-
 from enum import Enum
 from pathlib import Path
 from typing import Annotated

@@ -1,7 +1,5 @@
 """`t2l eval`: benchmark base vs description-in-prompt vs T2L adapters (vs given adapters) in one table."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 from typing import Annotated

@@ -1,7 +1,5 @@
 """`t2l generate`: task description(s) -> PEFT LoRA adapter folder(s)."""
 
-from __future__ import annotations
-
 import time
 from pathlib import Path
 from typing import Annotated

@@ -1,7 +1,5 @@
 """`t2l inspect`: what is this profile / adapter / checkpoint; will it run on a runtime; how do adapters compare?"""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Any
 

@@ -1,7 +1,5 @@
 """`t2l merge`: fold an adapter into its base, combine adapters or descriptions, export for serving runtimes."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

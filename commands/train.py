@@ -1,7 +1,5 @@
 """`t2l train`: train a T2L hypernetwork (sft/recon) or a LoRA baseline from a YAML recipe."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

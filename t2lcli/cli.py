@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from t2lcli import __version__
+from t2lcli import __version__, lighthelp
 from t2lcli.console import error, set_verbosity
+
+lighthelp.install()  # help without rich.markdown / rich.traceback (unused here): a third of `t2l --help`
 
 EXAMPLES = """[b]Examples[/b]
 
@@ -22,7 +24,39 @@ EXAMPLES = """[b]Examples[/b]
   t2l COMMAND --help                  # every command's options and examples
 """
 
+
+class _AsIs:
+    """Coercion for the root's own options (--help, -v, --install-completion, ...) when click already produced the
+    right type: typer would build a pydantic TypeAdapter for each, and importing pydantic costs every
+    `t2l COMMAND --help` ~0.1 s, since the root's options are processed before the command's --help. Anything
+    else goes to typer's own coercion."""
+
+    def __init__(self, annotation: type) -> None:
+        self.annotation = annotation
+
+    def coerce(self, value: object, param: Any, ctx: object) -> object:
+        if (value is None and not (param.multiple or param.nargs == -1)) or type(value) is self.annotation:
+            return value
+        from typer._coercion import build_runtime_param
+
+        real = param._runtime_param = build_runtime_param(param.type_descriptor)  # type: ignore[attr-defined]
+        return real.coerce(value, param=param, ctx=ctx)
+
+
+class _RootGroup(typer.core.TyperGroup):
+    """The root group: its bool/int options skip pydantic when click's value already has the right type."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for p in params:
+            desc = getattr(p, "type_descriptor", None)
+            if getattr(p, "_runtime_param", "absent") is None and desc is not None and desc.annotation in (bool, int) and not desc.is_ranged:
+                p._runtime_param = _AsIs(desc.annotation)  # type: ignore[attr-defined]
+        return params
+
+
 app = typer.Typer(
+    cls=_RootGroup,
     name="t2l",
     epilog=EXAMPLES,
     help="Text-to-LoRA: turn a task description into a LoRA adapter in one forward pass.",

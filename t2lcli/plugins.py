@@ -43,10 +43,83 @@ def plugin_entry_points() -> list[Any]:
     wanted = _wanted()
     if wanted is not None and not wanted:
         return []
-    from importlib.metadata import entry_points
+    eps = _scan_entry_points(ENTRY_POINT_GROUP)
+    if eps is None:  # a sys.path entry the direct scan cannot read (a zip, an egg): the full metadata API
+        from importlib.metadata import entry_points
 
-    eps = list(entry_points(group=ENTRY_POINT_GROUP))
+        eps = list(entry_points(group=ENTRY_POINT_GROUP))
     return [ep for ep in eps if wanted is None or ep.name in wanted]
+
+
+class EntryPoint:
+    """`name = module:attr` from a distribution's entry_points.txt; `load()` imports it (importlib.metadata's rules)."""
+
+    def __init__(self, name: str, value: str, group: str) -> None:
+        self.name, self.value, self.group = name, value, group
+
+    def load(self) -> Any:
+        import re
+
+        m = re.match(r"(?P<module>[\w.]+)\s*(:\s*(?P<attr>[\w.]+)\s*)?((?P<extras>\[.*\])\s*)?$", self.value)
+        if not m:
+            raise ValueError(f"malformed entry point value {self.value!r}")
+        obj = importlib.import_module(m.group("module"))
+        for part in (m.group("attr") or "").split(".") if m.group("attr") else []:
+            obj = getattr(obj, part)
+        return obj
+
+    def __repr__(self) -> str:
+        return f"EntryPoint(name={self.name!r}, value={self.value!r}, group={self.group!r})"
+
+
+def _scan_entry_points(group: str) -> list[EntryPoint] | None:
+    """The entry points of `group`, read straight from the `*.dist-info` / `*.egg-info` folders on sys.path, in the
+    order and with the first-distribution-wins rule of `importlib.metadata.entry_points` (importing that module and
+    building every distribution costs ~30 ms of `t2l --help`). None when a sys.path entry is not a plain folder."""
+    seen: set[str] = set()
+    found: list[EntryPoint] = []
+    header = f"[{group}]"
+    for entry in sys.path:
+        folder = entry or "."
+        if not os.path.isdir(folder):
+            if os.path.exists(folder):
+                return None
+            continue
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for child in names:
+            low = child.lower()
+            if not low.endswith((".dist-info", ".egg-info")):
+                continue
+            dist = child.rsplit(".", 1)[0].partition("-")[0]
+            key = "_".join(filter(None, dist.replace(".", "-").replace("_", "-").split("-"))).lower()
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                with open(os.path.join(folder, child, "entry_points.txt"), encoding="utf-8") as fh:
+                    text = fh.read()
+            except OSError:
+                continue
+            if header in text:
+                found.extend(_parse_section(text, group))
+    return found
+
+
+def _parse_section(text: str, group: str) -> list[EntryPoint]:
+    out, section = [], None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+        elif section == group and "=" in line:
+            name, _, value = line.partition("=")
+            out.append(EntryPoint(name.strip(), value.strip(), group))
+    return out
 
 
 def register_all(app: Any) -> None:

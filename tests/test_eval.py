@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from numeric import TINY_LLAMA_DEPTH, assert_close, assert_rel_error, close
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -266,8 +267,8 @@ def test_adapter_scaling_matches_generate_and_training(tiny_checkpoint_dir, tiny
         with apply_adapter(model, adapter):
             got = model(ids).logits
         plain = model(ids).logits
-    assert torch.allclose(got, ref, atol=1e-5)
-    assert not torch.allclose(plain, ref, atol=1e-4)
+    assert_close(got, ref, depth=TINY_LLAMA_DEPTH)  # our hooks vs. peft's: other sums
+    assert not close(plain, ref, depth=TINY_LLAMA_DEPTH)
 
 
 def _cli_generate(desc, ckpt, out):
@@ -681,7 +682,9 @@ def test_shared_prefix_loglikelihoods_equal_hflm(tiny_base_dir):
     ref = lm._loglikelihood_tokens(reqs)
     assert len(fast) == len(ref) == 7
     for (f, fg), (r, rg) in zip(fast, ref, strict=True):
-        assert f == pytest.approx(r, abs=1e-4) and fg == rg
+        # a cached shared prefix vs. the full sequence: other shapes, other kernels; relative to the logits' size
+        assert_rel_error(abs(f - r) / max(1.0, abs(r)), depth=TINY_LLAMA_DEPTH)
+        assert fg == rg
 
 
 def test_greedy_generate_equals_hf_generate(tiny_base_dir, monkeypatch):

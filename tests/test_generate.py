@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from numeric import TINY_LLAMA_DEPTH, assert_close
 
 
 def test_single_adapter_loads_in_peft_and_changes_logits(runner, cli_app, tiny_checkpoint_dir, tiny_base_dir, tmp_path):
@@ -41,7 +42,7 @@ def test_single_adapter_loads_in_peft_and_changes_logits(runner, cli_app, tiny_c
         for prefix in ad.prefixes():
             path = prefix.removeprefix("base_model.model.")
             merged.get_submodule(path).weight += ad.delta(prefix)
-        assert torch.allclose(merged(ids).logits, got, atol=1e-5)
+        assert_close(merged(ids).logits, got, depth=TINY_LLAMA_DEPTH)  # W + ΔW vs. peft's hook: other sums
 
 
 def test_refuses_existing_output_and_force_replaces(runner, cli_app, tiny_checkpoint_dir, tmp_path):
@@ -181,7 +182,7 @@ def test_scale_and_scaling_recorded(tiny_checkpoint_dir):
     one = gen.generate(["summarize text"])[0]
     two = gen.generate(["summarize text"], GenerateOptions(scale=2.0, scaling="lora"))[0]
     k = next(k for k in one.tensors if ".lora_B." in k)
-    assert torch.allclose(two.tensors[k], 2 * one.tensors[k])
+    assert_close(two.tensors[k], 2 * one.tensors[k])
     assert two.config["use_rslora"] is False and two.scaling == pytest.approx(16 / 8)
     assert one.scaling == pytest.approx(16 / 8**0.5)
 
@@ -202,7 +203,7 @@ def test_in_memory_apply_and_remove(tiny_checkpoint_dir, tiny_base_dir):
         h.remove()
         back = model(ids).logits
     assert (changed - ref).abs().max() > 1e-4
-    assert torch.equal(back, ref)
+    assert torch.equal(back, ref)  # bitwise: the same model, kernels and input once the hooks are gone
 
 
 def test_deterministic_across_processes(tiny_checkpoint_dir, tmp_path):
@@ -212,7 +213,7 @@ def test_deterministic_across_processes(tiny_checkpoint_dir, tmp_path):
         env = {**os.environ, "PYTHONHASHSEED": seed, "T2L_LOAD_PLUGINS": ""}
         subprocess.run([sys.executable, "-m", "t2lcli", "generate", "solve math", "-o", str(out), "-c", str(tiny_checkpoint_dir)], check=True, env=env, capture_output=True)
         outs.append(out)
-    for name in ("adapter_model.safetensors", "adapter_config.json", "README.md"):
+    for name in ("adapter_model.safetensors", "adapter_config.json", "README.md"):  # bitwise: same inputs, kernels, shapes
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from conftest import SHARED
+from numeric import assert_close, close
 
 from t2lcli.engine.hypernet import HyperLoRA, HyperNetConfig, count_params_formula
 
@@ -53,8 +54,8 @@ def test_variants_shapes_and_init(variant):
         assert a.shape == (4, 3, 8, d_in) and b.shape == (4, 3, d_out, 8)
     if variant == "L":  # bias-HyperInit: zero head weight, B = 0, A identical across descriptions
         a, b = out["q_proj"]
-        assert torch.all(b == 0)
-        assert torch.allclose(a[0], a[1])
+        assert torch.all(b == 0)  # bitwise: a zero weight times anything is exactly zero
+        assert torch.equal(a[0], a[1])  # bitwise: zero head weight, so every row is exactly the bias
 
 
 def test_module_order_matters():
@@ -67,7 +68,7 @@ def test_module_order_matters():
     rev = HyperLoRA(HyperNetConfig(emb_dim=6, latent=16, head_in=8, n_layers=2, module_dims=dims, target_modules=["v_proj", "q_proj"])).eval()
     rev.load_state_dict(sd)
     e = torch.randn(1, 6)
-    assert not torch.allclose(net(e)["q_proj"][0], rev(e)["q_proj"][0])
+    assert not close(net(e)["q_proj"][0], rev(e)["q_proj"][0], depth=10)
 
 
 GOLDEN = SHARED / "golden" / "sakana-t2l"
@@ -88,13 +89,13 @@ def test_official_golden(case):
     g = load_file(str(folder / "golden.safetensors"))
     with torch.no_grad():
         z = ckpt.hypernet.encode(g["embedding"])
-        assert torch.allclose(z, g["z"], atol=1e-5)
+        assert_close(z, g["z"], depth=10, msg="z")  # golden: made by the official code on another CPU
         fac = {m: ckpt.hypernet.generate_module(z, m) for m in ckpt.config.target_modules}
     tensors = lora_state_dict({m: s.path for m, s in ckpt.shape.modules.items()}, fac)
     golden = {k: v for k, v in g.items() if ".lora_" in k}
     assert set(tensors) == set(golden)
     for k, v in golden.items():
-        assert torch.allclose(tensors[k], v, atol=1e-5), k
+        assert_close(tensors[k], v, depth=20, msg=k)
 
 
 @pytest.mark.parametrize("variant", ["L", "M", "S"])
@@ -112,9 +113,12 @@ def test_layer_subset_matches_the_full_result_with_offsets(variant):
             a, b = net.generate_module(z, m)
             layers = torch.tensor([4, 1])
             sa, sb = net.generate_module(z, m, layers)
-            assert torch.allclose(sa, a[:, layers], atol=1e-5) and torch.allclose(sb, b[:, layers], atol=1e-5)
+            # gathered vs. full: other matrix shapes, so other BLAS kernels (AVX2 vs. AVX-512, block sizes): not bitwise
+            assert_close(sa, a[:, layers], depth=4, msg=m)
+            assert_close(sb, b[:, layers], depth=4, msg=m)
             ra, rb = net.generate_module(z, m, torch.arange(5).flip(0))  # all layers, another order: gathered
-            assert torch.allclose(ra, a.flip(1), atol=1e-5) and torch.allclose(rb, b.flip(1), atol=1e-5)
+            assert_close(ra, a.flip(1), depth=4, msg=m)
+            assert_close(rb, b.flip(1), depth=4, msg=m)
             net.AB_offset["A"][m].zero_()
             za, _ = net.generate_module(z, m)
-            assert not torch.allclose(za, a)  # the offset was really added
+            assert not close(za, a, depth=4)  # the offset was really added

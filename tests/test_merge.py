@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from numeric import TINY_LLAMA_DEPTH, assert_close, close
 
 PROMPT_IDS = [[1, 17, 42, 99, 5, 63, 120, 7, 33]]
 
@@ -105,7 +106,7 @@ def test_into_base_matches_peft_and_streams_shards(runner, cli_app, tmp_path, ti
     via_peft = peft_logits(tiny_base_dir, adapters["a8"])
     base = base_logits(tiny_base_dir)
     assert (via_peft - base).abs().max() > 1e-2  # the adapter really changes the output
-    assert torch.allclose(merged, via_peft, atol=2e-5), (merged - via_peft).abs().max()
+    assert_close(merged, via_peft, depth=TINY_LLAMA_DEPTH)  # W + ΔW vs. the adapter hook: other sums
 
 
 def test_into_base_reads_a_sharded_base_and_writes_profile_or_flag_dtype(runner, cli_app, tmp_path, tiny_base_dir, adapters):
@@ -148,7 +149,8 @@ def test_into_base_finds_text_layers_under_another_prefix(tmp_path, tiny_base_di
         out.update(load_file(str(f)))
     d = deltas(adapters["a8"])
     key = "model.language_model.layers.1.self_attn.v_proj.weight"
-    assert torch.allclose(out[key], sd["model.layers.1.self_attn.v_proj.weight"] + d["model.layers.1.self_attn.v_proj.weight"], atol=1e-6)
+    assert_close(out[key], sd["model.layers.1.self_attn.v_proj.weight"] + d["model.layers.1.self_attn.v_proj.weight"])
+    # bitwise: a weight no adapter touches is copied
     assert torch.equal(out["model.language_model.layers.1.self_attn.k_proj.weight"], sd["model.layers.1.self_attn.k_proj.weight"])
 
 
@@ -163,8 +165,8 @@ def test_linear_of_one_adapter_with_weight_one_is_the_adapter(runner, cli_app, t
     assert cfg["use_rslora"] is False and cfg["lora_alpha"] == cfg["r"] == 8 and isinstance(cfg["lora_alpha"], int)
     src, new = deltas(adapters["a8"]), deltas(out)
     for k in src:
-        assert torch.allclose(src[k], new[k], atol=1e-5)
-    assert torch.allclose(peft_logits(tiny_base_dir, out), peft_logits(tiny_base_dir, adapters["a8"]), atol=1e-5)
+        assert_close(new[k], src[k], depth=2, msg=k)
+    assert_close(peft_logits(tiny_base_dir, out), peft_logits(tiny_base_dir, adapters["a8"]), depth=TINY_LLAMA_DEPTH)
 
 
 @pytest.mark.parametrize("method", ["linear", "cat"])
@@ -181,9 +183,9 @@ def test_rslora_sources_combine_to_the_weighted_sum_of_their_deltas(runner, cli_
     d1, d2, got = deltas(adapters["a8"]), deltas(adapters["b4"]), deltas(out)
     expected = {k: 0.6 * d1[k] + 0.4 * d2[k] for k in d1}
     for k in expected:
-        assert torch.allclose(got[k], expected[k], atol=1e-5), k
+        assert_close(got[k], expected[k], depth=2, msg=k)
     # the forward pass in peft equals the base with the weighted sum of the individual deltas added
-    assert torch.allclose(peft_logits(tiny_base_dir, out), base_logits(tiny_base_dir, expected), atol=2e-5)
+    assert_close(peft_logits(tiny_base_dir, out), base_logits(tiny_base_dir, expected), depth=TINY_LLAMA_DEPTH)
     card = (out / "README.md").read_text()
     assert "Provenance" in card and "0.6" in card and str(adapters["b4"].resolve()) in card
 
@@ -200,7 +202,7 @@ def test_svd_truncates_to_rank_and_reports_the_error(runner, cli_app, tmp_path, 
         target = 0.5 * d1[k] + 0.5 * d2[k]
         u, s, vh = torch.linalg.svd(target.double())
         best = (u[:, :8] * s[:8]) @ vh[:8]  # Eckart-Young optimum
-        assert torch.allclose(got[k].double(), best, atol=1e-4), k
+        assert_close(got[k].double(), best, dtype=torch.float32, depth=20, msg=k)  # fp32 SVD vs. a float64 reference
     # at rank = sum of ranks (16 = v_proj's output size), svd is exact
     out16 = tmp_path / "svd16"
     res = runner.invoke(cli_app, ["merge", str(adapters["a8"]), str(adapters["c8"]), "--method", "svd", "--rank", "16", "-o", str(out16), "--json"])
@@ -215,11 +217,12 @@ def test_ties_and_dare(runner, cli_app, tmp_path, adapters):
     # dropped; at [0,0] only t1 survives. Without trimming, agreeing entries get a w-weighted mean: (1·4 + 3·2) / 4 = 2.5
     t1 = torch.tensor([[4.0, -1.0], [2.0, 0.1]])
     t2 = torch.tensor([[2.0, 3.0], [-5.0, 0.2]])
-    assert torch.allclose(ties_merge([t1, t2], [1.0, 1.0], density=0.5), torch.tensor([[4.0, 3.0], [-5.0, 0.0]]))
-    assert torch.allclose(ties_merge([t1, t2], [1.0, 3.0], density=1.0), torch.tensor([[2.5, 3.0], [-5.0, (0.1 + 0.6) / 4]]))
+    assert_close(ties_merge([t1, t2], [1.0, 1.0], density=0.5), torch.tensor([[4.0, 3.0], [-5.0, 0.0]]))
+    assert_close(ties_merge([t1, t2], [1.0, 3.0], density=1.0), torch.tensor([[2.5, 3.0], [-5.0, (0.1 + 0.6) / 4]]))
     # DARE with density 1 is the weighted sum; with a seed it is reproducible
-    assert torch.allclose(dare_merge([t1, t2], [0.5, 0.5], 1.0, seed=0, salt=0), 0.5 * t1 + 0.5 * t2)
+    assert_close(dare_merge([t1, t2], [0.5, 0.5], 1.0, seed=0, salt=0), 0.5 * t1 + 0.5 * t2)
     big = [torch.randn(64, 64), torch.randn(64, 64)]
+    # bitwise: the same seed in one process draws the same mask; another seed another mask
     assert torch.equal(dare_merge(big, [1, 1], 0.5, 3, 0), dare_merge(big, [1, 1], 0.5, 3, 0))
     assert not torch.equal(dare_merge(big, [1, 1], 0.5, 3, 0), dare_merge(big, [1, 1], 0.5, 4, 0))
 
@@ -230,7 +233,7 @@ def test_ties_and_dare(runner, cli_app, tmp_path, adapters):
         assert res.exit_code == 0, res.output
         src, got = deltas(adapters["a8"]), deltas(out)
         for k in src:
-            assert torch.allclose(src[k], got[k], atol=1e-4), (method, k)
+            assert_close(got[k], src[k], depth=2, msg=f"{method} {k}")
     out = tmp_path / "ties3"
     res = runner.invoke(cli_app, ["merge", str(adapters["a8"]), str(adapters["b4"]), str(adapters["c8"]), "--method", "ties",
                                   "--weights", "0.5,0.3,0.2", "--rank", "4", "-o", str(out), "--json"])
@@ -256,7 +259,7 @@ def test_mixing_descriptions_in_task_space(runner, cli_app, tmp_path, tiny_check
     got = load_adapter(out)
     assert got.config["use_rslora"] is True and got.config["r"] == ref1.config["r"]
     for k in ref1.tensors:
-        assert torch.allclose(got.tensors[k], ref1.tensors[k], atol=1e-6), k
+        assert_close(got.tensors[k], ref1.tensors[k], depth=10, msg=k)  # a batch of 2 vs. alone: other shapes
 
     out = tmp_path / "mix"
     res = runner.invoke(cli_app, ["merge", "-c", str(tiny_checkpoint_dir), "-d", d1, "-d", d2, "--weights", "0.7,0.3", "-o", str(out), "--json"])
@@ -270,9 +273,9 @@ def test_mixing_descriptions_in_task_space(runner, cli_app, tmp_path, tiny_check
         for m in net.config.target_modules:
             a, b = net.generate_module(zm, m)
             key = gen.ckpt.shape.peft_key(m, 1, "A")
-            assert torch.allclose(mix.tensors[key], a[0, 1], atol=1e-5)
+            assert_close(mix.tensors[key], a[0, 1], depth=10, msg=key)
     p = next(iter(ref1.prefixes()))
-    assert not torch.allclose(mix.delta(p), ref1.delta(p)) and not torch.allclose(mix.delta(p), ref2.delta(p))
+    assert not close(mix.delta(p), ref1.delta(p), depth=10) and not close(mix.delta(p), ref2.delta(p), depth=10)
     card = (out / "README.md").read_text()
     assert "task-encoder output z" in card and d1 in card and d2 in card
 
@@ -291,7 +294,7 @@ def test_export_vllm_folds_the_scale_and_prints_the_command(runner, cli_app, tmp
     with safe_open(str(out / "adapter_model.safetensors"), framework="pt") as fh:
         assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in fh.keys())
     assert f"vllm serve {tiny_base_dir} --enable-lora --lora-modules serve-a8={out.resolve()} --max-lora-rank 8" in res.stdout
-    assert torch.allclose(peft_logits(tiny_base_dir, out), peft_logits(tiny_base_dir, adapters["a8"]), atol=1e-5)
+    assert_close(peft_logits(tiny_base_dir, out), peft_logits(tiny_base_dir, adapters["a8"]), depth=TINY_LLAMA_DEPTH)
     assert "effective_scale" in (out / "README.md").read_text()
 
     res = runner.invoke(cli_app, ["merge", str(adapters["b4"]), "--export", "vllm", "--max-lora-rank", "16", "--runtime-base", "org/model",
@@ -351,14 +354,14 @@ def test_export_llamacpp_gguf_reads_back_equal_to_the_source(runner, cli_app, tm
             ta, tb = tensors[f"blk.{layer}.{gname}.weight.lora_a"], tensors[f"blk.{layer}.{gname}.weight.lora_b"]
             # ggml ne order: lora_a [d_in, r], lora_b [r, d_out] -> checked by llama.cpp against the base tensor
             assert list(ta.shape) == [a.shape[1], a.shape[0]] and list(tb.shape) == [b.shape[1], b.shape[0]]
-            assert torch.allclose(torch.from_numpy(ta.data.copy()), a, atol=0)
+            assert torch.equal(torch.from_numpy(ta.data.copy()), a)  # bitwise: A is written as it is
             expected_b = s * b
             if mod != "v_proj":
                 expected_b = permute_rows(expected_b, n_head if mod == "q_proj" else n_kv)
-            assert torch.allclose(torch.from_numpy(tb.data.copy()), expected_b, atol=1e-6), (layer, mod)
+            assert_close(torch.from_numpy(tb.data.copy()), expected_b, msg=f"{layer} {mod}")
     # permuting B's rows permutes ΔW's rows exactly like llama.cpp permutes the base W
     b, a = src.tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"], src.tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"]
-    assert torch.allclose(permute_rows(b, n_head) @ a, permute_rows(b @ a, n_head))
+    assert_close(permute_rows(b, n_head) @ a, permute_rows(b @ a, n_head))
     eye = permute_rows(torch.eye(32), n_head)
     assert torch.equal(eye.sum(0), torch.ones(32)) and torch.equal(eye.sum(1), torch.ones(32))  # a permutation
     # head 0 (rows 0..7): HF order [0,1,2,3 | 4,5,6,7] -> llama.cpp pairs (0,4),(1,5),...

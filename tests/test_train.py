@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from numeric import TINY_LLAMA_DEPTH, assert_close
 
 WORDS = ["cat", "dog", "sun", "moon", "tree", "rock", "fish", "bird", "star", "rain"]
 TASKS = {
@@ -161,16 +162,23 @@ def test_resume_after_kill_is_exact(tiny_data, train_base_dir, tiny_encoder_dir,
     a = load_file(str(ref / "final" / "hypernet.safetensors"))
     b = load_file(str(run / "final" / "hypernet.safetensors"))
     assert a.keys() == b.keys()
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst <= 1e-6, worst
+    for k in a:  # resumed = uninterrupted: the same kernels on the same data (the old 1e-6 bound, now relative)
+        assert_close(b[k], a[k], msg=k)
 
 
-LAUNCHERS = {
-    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29731"],
-    # accelerate's CPU multi-process launch (it hands over to torchrun with RANK/WORLD_SIZE set)
-    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29733"],
-}
+def _launcher(name: str) -> list[str]:
+    """The 2-process launch command on a port free right now (a fixed port collides with another suite running)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    return {
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port],
+        # accelerate's CPU multi-process launch (it hands over to torchrun with RANK/WORLD_SIZE set)
+        "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port],
+    }[name]
 
 
 @pytest.mark.parametrize("launcher, parallel", [("torchrun", "ddp"), ("accelerate", "ddp"), ("torchrun", "fsdp")])
@@ -182,7 +190,7 @@ def test_two_process_ddp_matches_one_process(tiny_data, train_base_dir, tiny_enc
                           **{"train.steps": 6, "log.val_every": 0, "log.ckpt_every": 0})
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, "-m", "t2lcli", "train", str(recipe), "-o", str(one)], check=True, env=_env(), capture_output=True)
-    r = subprocess.run([*LAUNCHERS[launcher], "-m", "t2lcli", "train", str(recipe), "-o", str(two), "--set", f"train.distributed={parallel}"],
+    r = subprocess.run([*_launcher(launcher), "-m", "t2lcli", "train", str(recipe), "-o", str(two), "--set", f"train.distributed={parallel}"],
                        env=_env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     la = [m["loss"] for m in _metrics(one)]
@@ -349,8 +357,9 @@ def test_answer_loss_equals_full_logits_loss(train_base_dir):
     fast = answer_loss(model, ids, mask, labels, 0.1)
     (g_fast,) = torch.autograd.grad(fast, x)
     hook.remove()
-    assert abs(float(full) - float(fast)) < 1e-5
-    assert torch.allclose(g_full, g_fast, atol=1e-5)
+    # the LM head on answer rows only vs. on every row: other matrix shapes, other kernels
+    assert_close(fast, full, depth=TINY_LLAMA_DEPTH)
+    assert_close(g_fast, g_full, depth=2 * TINY_LLAMA_DEPTH)  # forward and backward
     assert float(fast) > 0
 
 
@@ -359,7 +368,7 @@ def test_fsdp_checkpoint_resumes_to_the_same_weights(tiny_data, train_base_dir, 
     uninterrupted FSDP run ends, and its checkpoint loads and generates like any other."""
     recipe = write_recipe(tmp_path / "r.yaml", tiny_data, train_base_dir, tiny_encoder_dir,
                           **{"train.steps": 6, "log.val_every": 0, "log.ckpt_every": 3, "train.distributed": "fsdp"})
-    cmd = [*LAUNCHERS["torchrun"], "-m", "t2lcli", "train", str(recipe)]
+    cmd = [*_launcher("torchrun"), "-m", "t2lcli", "train", str(recipe)]
     full, part = tmp_path / "full", tmp_path / "part"
     for args in (["-o", str(full)], ["-o", str(part), "--max-steps", "3"], ["-o", str(part), "--resume"]):
         r = subprocess.run([*cmd, *args], env=_env(), capture_output=True, text=True)
@@ -369,7 +378,9 @@ def test_fsdp_checkpoint_resumes_to_the_same_weights(tiny_data, train_base_dir, 
 
     a = load_file(str(full / "final" / "hypernet.safetensors"))
     b = load_file(str(part / "final" / "hypernet.safetensors"))
-    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    assert a.keys() == b.keys()
+    for k in a:
+        assert_close(b[k], a[k], msg=k)
     from t2lcli.engine.generate import Generator
 
     ads = Generator.load(part / "final").generate(["Write the words in capital letters."])

@@ -113,7 +113,7 @@ def run_generate(req: GenerateRequest, profile: Profile, on_result: Callable[[di
 
         preprocess(req.description, EncoderSpec())  # fail fast on empty/over-long input, before loading anything
 
-    if profile.threads:  # `--set threads=N`; adapters are byte-identical for any thread count (tests/test_hardening_determinism.py)
+    if profile.threads:  # `--set threads=N`; adapters are byte-identical for any thread count with AVX2/AVX-512 kernels (tests/test_hardening_determinism.py)
         import torch
 
         torch.set_num_threads(profile.threads)
