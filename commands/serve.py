@@ -1,7 +1,5 @@
 """`t2l serve`: an OpenAI-compatible server that turns each request's task description into an adapter."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 
