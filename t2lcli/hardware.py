@@ -11,12 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from t2lcli.dtypes import DTYPE_SPELLINGS
 from t2lcli.errors import ProfileError, format_problems, show_key, show_value
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
-# The one dtype spelling table: every --dtype flag and every `--set *.dtype=` accepts each spelling on the left.
-DTYPE_SPELLINGS = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-                   "fp16": "float16", "float16": "float16"}
 QUANTIZATION = ("none", "8bit", "4bit")
 ATTN = ("eager", "sdpa", "flash_attention_2", "auto")
 DEVICES = ("cpu", "cuda", "auto", "mps")

@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from t2lcli.hardware import DTYPE_SPELLINGS
+from t2lcli.dtypes import DTYPE_SPELLINGS
 
 
 class Dtype(str, Enum):
-    """Every spelling of t2lcli.hardware.DTYPE_SPELLINGS (bf16 = bfloat16, …)."""
+    """Every spelling of t2lcli.dtypes.DTYPE_SPELLINGS (bf16 = bfloat16, …)."""
 
     fp32 = "fp32"
     bf16 = "bf16"
