@@ -7,7 +7,7 @@ import typer
 
 from t2lcli import console
 from t2lcli.errors import InputError
-from t2lcli.options import CheckpointOpt, JsonOpt, ProfileOpt, SetOpt
+from t2lcli.options import CheckpointOpt, JsonOpt, ProfileOpt, SetOpt, checkpoint_spec, flag_values
 
 EXAMPLES = """[b]Examples[/b]
 
@@ -37,21 +37,24 @@ def bench(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON report to this file.")] = None,
 ) -> None:
     """Benchmark adapter generation: stages, cold/warm latency, throughput, memory, baselines (or --plan memory)."""
+    from t2lcli.engine import bench as engine  # no torch at import: the flag checks below run in well under a second
     from t2lcli.hardware import load_profile
 
     if clean:
-        from t2lcli.engine.bench import clean_cache
-
-        console.emit(f"removed {clean_cache():.2f} GiB of cached benchmark models")
+        console.emit(f"removed {engine.clean_cache():.2f} GiB of cached benchmark models")
         return
-    if measure and not plan:
-        raise InputError("--measure goes with --plan", hint="t2l bench --plan --measure --profile gpu-24gb --shapes llama-3.1-8b")
-    if context < 1:
-        raise InputError("--context must be at least 1")
+    with flag_values():
+        if measure and not plan:
+            raise InputError("--measure goes with --plan", hint="t2l bench --plan --measure --profile gpu-24gb --shapes llama-3.1-8b")
+        if context < 1:
+            raise InputError("--context must be at least 1")
+        req = engine.BenchRequest(
+            checkpoint=checkpoint, shapes=shapes, variant=variant, runs=runs, cold_runs=cold_runs, batch=engine.parse_batch(batch),
+            baseline=baseline, profile_name=profile, set_=list(set_ or []),
+        )
+        engine.validate_request(req)
+    checkpoint_spec(checkpoint)
     prof = load_profile(profile, set_)
-
-    from t2lcli.engine import bench as engine
-
     if output is not None:
         engine.check_writable(output)
     if plan:
@@ -61,11 +64,6 @@ def bench(
         if report.get("fits") is False:
             raise typer.Exit(1)
         return
-    req = engine.BenchRequest(
-        checkpoint=checkpoint, shapes=shapes, variant=variant, runs=runs, cold_runs=cold_runs, batch=engine.parse_batch(batch),
-        baseline=baseline, profile_name=profile, set_=list(set_ or []),
-    )
-    engine.validate_request(req)
     _check_devices(prof)
     report = engine.run_bench(req, prof)
     _finish(report, json_out, output, _print_report)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from t2lcli import console
-from t2lcli.options import ForceOpt, JsonOpt
+from t2lcli.options import ForceOpt, JsonOpt, checkpoint_spec
 
 EXAMPLES = """[b]Examples[/b]
 
@@ -34,6 +34,7 @@ def convert(
     json_out: JsonOpt = False,
 ) -> None:
     """Convert a T2L checkpoint to the native format: no pickle, zero buffers dropped, provenance recorded."""
+    checkpoint_spec(source)  # a typo fails before torch is imported
     from t2lcli.engine.convert import convert_checkpoint
 
     summary = convert_checkpoint(source, output, dtype=dtype.value, force=force)

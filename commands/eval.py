@@ -1,5 +1,6 @@
 """`t2l eval`: benchmark base vs description-in-prompt vs T2L adapters (vs given adapters) in one table."""
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -8,7 +9,17 @@ import typer
 
 from t2lcli import console
 from t2lcli.errors import InputError, show_value
-from t2lcli.options import BaseModelOpt, CheckpointOpt, ForceOpt, JsonOpt, ProfileOpt, SetOpt, TrustRemoteCodeOpt
+from t2lcli.options import (
+    BaseModelOpt,
+    CheckpointOpt,
+    ForceOpt,
+    JsonOpt,
+    ProfileOpt,
+    SetOpt,
+    TrustRemoteCodeOpt,
+    checkpoint_spec,
+    flag_values,
+)
 
 EXAMPLES = """[b]Examples[/b]
 
@@ -55,12 +66,11 @@ def eval_cmd(
     trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Benchmark the base model, the description in the prompt, T2L adapters and given adapters in one table."""
+    from t2lcli.engine.evaluate import EvalRequest, rich_table, run_eval, validate  # no torch at import
     from t2lcli.hardware import load_profile
 
-    all_limit, task_limits = _parse_limits(limit or [])
-    prof = load_profile(profile, set_)
-    from t2lcli.engine.evaluate import EvalRequest, rich_table, run_eval
-
+    with flag_values():
+        all_limit, task_limits = _parse_limits(limit or [])
     req = EvalRequest(
         tasks=tasks, conditions=[conditions] if conditions is not None else None, checkpoint=checkpoint,
         descriptions=list(description or []), descriptions_file=str(descriptions_file) if descriptions_file else None, sni_prompt=sni_prompt, max_descriptions=max_descriptions, adapters=list(adapter or []), loras=list(lora or []), base_model=base_model,
@@ -68,6 +78,10 @@ def eval_cmd(
         output=output, force=force, data_dir=data_dir, allow_code_exec=allow_code_exec, seed=seed, log_samples=log_samples,
         chat_template=not no_chat_template, scaling=scaling, trust_remote_code=trust_remote_code, argv=["t2l", *sys.argv[1:]],
     )
+    with flag_values():  # the flags alone (usage errors); the descriptions' text and file: run_eval, exit 1
+        validate(dataclasses.replace(req, descriptions=[], descriptions_file=None))
+    checkpoint_spec(checkpoint)
+    prof = load_profile(profile, set_)
     doc = run_eval(req, prof)
     if json_out:
         console.emit_json(summary(doc))

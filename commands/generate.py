@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from t2lcli import console
-from t2lcli.errors import InputError, UsageError
+from t2lcli.errors import UsageError
 from t2lcli.options import (
     DTYPE_NAMES,
     BaseModelOpt,
@@ -18,6 +18,9 @@ from t2lcli.options import (
     ProfileOpt,
     SetOpt,
     TrustRemoteCodeOpt,
+    at_least,
+    checkpoint_spec,
+    readable_file,
 )
 
 EXAMPLES = """[b]Examples[/b]
@@ -62,13 +65,18 @@ def generate(
     if len(sources) != 1:
         raise UsageError("give exactly one of: a DESCRIPTION, --from-file FILE, or --embedding-file FILE", hint="see t2l generate --help")
     if scale != scale or abs(scale) == float("inf"):
-        raise InputError("--scale must be a finite number")
+        raise UsageError("--scale must be a finite number")
     if scaling not in ("rslora", "lora"):
-        raise InputError(f"--scaling must be rslora or lora, got '{scaling}'")
-    if batch_size is not None and batch_size < 1:
-        raise InputError("--batch-size must be at least 1")
+        raise UsageError(f"--scaling must be rslora or lora, got '{scaling}'")
+    at_least("--batch-size", batch_size, 1)
+    at_least("--max-new-tokens", max_new_tokens, 1)
     if preview_all and preview is None:
         raise UsageError("--preview-all goes with --preview TEXT", hint='t2l generate --from-file FILE --preview "an input" --preview-all')
+    # what the flags name, checked before the engine (torch) is imported: a missing file fails in well under a second
+    for what, path in (("batch file", from_file), ("embedding file", embedding_file)):
+        if path is not None and str(path) != "-":
+            readable_file(what, Path(path))
+    checkpoint_spec(checkpoint)
     prof = load_profile(profile, set_)
 
     from t2lcli.engine.run_generate import GenerateRequest, run_generate

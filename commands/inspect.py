@@ -6,8 +6,8 @@ from typing import Annotated, Any
 import typer
 
 from t2lcli import console
-from t2lcli.errors import InputError
-from t2lcli.options import JsonOpt, SetOpt, TrustRemoteCodeOpt
+from t2lcli.errors import InputError, UsageError
+from t2lcli.options import JsonOpt, SetOpt, TrustRemoteCodeOpt, at_least
 
 EXAMPLES = """[b]Examples[/b]
 
@@ -39,14 +39,18 @@ def inspect_cmd(
         return
     modes = [x for x in (compat is not None, similarity, plot is not None) if x]
     if len(modes) > 1:
-        raise InputError("use one of --compat, --similarity and --plot at a time")
-    if clusters is not None and clusters < 1:
-        raise InputError("--clusters must be at least 1")
+        raise UsageError("use one of --compat, --similarity and --plot at a time")
+    at_least("--clusters", clusters, 1)
+    if compat is not None and len(target) != 1:
+        raise UsageError("--compat checks one adapter at a time")
+    if compat is not None and compat.lower() not in COMPAT_RUNTIMES:
+        raise UsageError(f"unknown runtime '{compat}'", hint=f"choose one of: {', '.join(COMPAT_RUNTIMES)}")
+    if space not in SPACES:
+        raise UsageError(f"unknown --space '{space}'", hint="use delta_w (default) or embedding")
+    _check_targets(target, adapters_only=similarity or plot is not None)
     from t2lcli.engine import inspect as engine
 
     if compat is not None:
-        if len(target) != 1:
-            raise InputError("--compat checks one adapter at a time")
         report = engine.compat_check(Path(target[0]), compat.lower())
         _emit(report, json_out, _print_compat)
         if not report["compatible"]:
@@ -66,9 +70,29 @@ def inspect_cmd(
         console.emit_json(report)
 
 
+# the engine's lists (t2lcli.engine.inspect.RUNTIMES and its --space names; a test keeps them equal): the engine imports
+# torch, and these checks run before it
+COMPAT_RUNTIMES = ("vllm", "sglang", "llamacpp", "ollama", "peft")
+SPACES = ("delta_w", "embedding")
+
+
+def _check_targets(targets: list[str], adapters_only: bool) -> None:
+    """Each target exists, is a shipped checkpoint name or reads as owner/repo/folder on the hub (as the engine reads
+    them): a typo fails before torch is imported."""
+    from t2lcli.engine.atomic import check_readable  # stdlib only
+
+    for t in targets:
+        hub = not t.startswith((".", "/", "~")) and t.count("/") >= 2
+        check_readable(Path(t), "input")
+        if adapters_only and not Path(t).exists():
+            raise InputError(f"not found: {t}", hint="pass adapter folders (or a folder of adapter folders)")
+        if not (Path(t).exists() or t == "default" or hub):
+            raise InputError(f"not found: {t}", hint="pass an adapter folder, a checkpoint folder, 'default', or 'profile NAME'")
+
+
 def _profile(target: list[str], set_: list[str] | None, json_out: bool) -> None:
     if len(target) > 2:
-        raise InputError("usage: t2l inspect profile NAME")
+        raise UsageError("usage: t2l inspect profile NAME")
     from t2lcli.hardware import load_profile
 
     data = load_profile(target[1] if len(target) > 1 else None, set_).to_dict()

@@ -1,12 +1,26 @@
 """`t2l merge`: fold an adapter into its base, combine adapters or descriptions, export for serving runtimes."""
 
+import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from t2lcli import console
-from t2lcli.options import DTYPE_NAMES, BaseModelOpt, CheckpointOpt, Dtype, ForceOpt, JsonOpt, ProfileOpt, SetOpt, TrustRemoteCodeOpt
+from t2lcli.errors import AdapterFormatError, InputError, show_value
+from t2lcli.options import (
+    DTYPE_NAMES,
+    BaseModelOpt,
+    CheckpointOpt,
+    Dtype,
+    ForceOpt,
+    JsonOpt,
+    ProfileOpt,
+    SetOpt,
+    TrustRemoteCodeOpt,
+    checkpoint_spec,
+    flag_values,
+)
 
 EXAMPLES = """[b]Examples[/b]
 
@@ -48,6 +62,15 @@ def merge(
     """Merge an adapter into its base, combine adapters or descriptions, or export for vLLM/SGLang/llama.cpp/Ollama."""
     from t2lcli.hardware import load_profile
 
+    with flag_values():
+        _check_flags(adapters or [], output, into_base, export, method, weights, rank, density, descriptions or [], dtype, max_lora_rank, runtime_base)
+    from t2lcli.engine.atomic import check_readable  # stdlib only
+
+    for a in adapters or []:  # what the arguments name, before the engine (torch) is imported
+        check_readable(Path(a), "adapter folder")
+        if not Path(a).is_dir():
+            raise AdapterFormatError(f"adapter folder not found: {a}", hint="pass a folder written by `t2l generate`")
+    checkpoint_spec(checkpoint)
     prof = load_profile(profile, set_)
 
     from t2lcli.engine.merge import MergeRequest, run_merge
@@ -65,6 +88,66 @@ def merge(
     console.emit(str(res["path"]))
     if res.get("command"):
         console.emit(res["command"])
+
+
+# the engine's lists (t2lcli.engine.merge.METHODS, t2lcli.engine.export.RUNTIMES; a test keeps them equal): the engine
+# imports torch, and these checks run before it
+METHODS = ("linear", "cat", "svd", "ties", "dare")
+EXPORTS = ("vllm", "sglang", "llamacpp", "ollama")
+
+
+def _check_flags(adapters: list[str], output: Path | None, into_base: bool, export: str | None, method: str | None, weights: str | None, rank: int | None,
+                 density: float | None, descriptions: list[str], dtype: Dtype | None, max_lora_rank: int | None,
+                 runtime_base: str | None) -> None:
+    """The flag rules `run_merge` applies too, here before anything heavy is imported (usage errors, exit 2)."""
+    if output is None:
+        raise InputError("give an output folder with -o/--output")
+    if into_base and export:
+        raise InputError("choose one of --into-base and --export")
+    if export is not None and export not in EXPORTS:
+        raise InputError(f"unknown export target '{export}'", hint=f"use one of: {', '.join(EXPORTS)}")
+    if method is not None and method not in METHODS:
+        raise InputError(f"unknown method '{method}'", hint=f"use one of: {', '.join(METHODS)}")
+    if rank is not None and rank < 1:
+        raise InputError("--rank must be at least 1")
+    if density is not None and not (0.0 < density <= 1.0):
+        raise InputError(f"--density must be in (0, 1], got {density}")
+    if density is not None and (method or "linear") not in ("ties", "dare"):
+        raise InputError("--density applies only to --method ties or dare")
+    if dtype is not None and not into_base:
+        raise InputError("--dtype applies only to --into-base (adapters are written in float32)")
+    if (max_lora_rank is not None or runtime_base is not None) and export is None:
+        raise InputError("--max-lora-rank and --runtime-base apply only to --export")
+    if descriptions and adapters:
+        raise InputError("give adapter folders or --description texts, not both")
+    if not descriptions and not adapters:
+        raise InputError("nothing to merge: give ADAPTER folder(s), or --checkpoint with --description texts", hint="see t2l merge --help")
+    if descriptions and method is not None:
+        raise InputError("--method applies to adapters; descriptions are mixed in the hypernetwork's task space", hint="drop --method")
+    if len(adapters) == 1 and method is None and not (into_base or export):
+        raise InputError("nothing to do with one adapter", hint="add --into-base, --export TARGET, more adapters, or --method svd --rank R")
+    if rank is not None and adapters and (method is not None or len(adapters) > 1) and (method or "linear") in ("cat", "linear"):
+        if method == "cat":
+            raise InputError("--rank does not apply to --method cat (its rank is the sum of the sources' ranks)", hint="use --method svd --rank R")
+        raise InputError("--rank does not apply to --method linear (it is lossless)", hint="use --method svd --rank R to truncate")
+    if weights is not None and weights.strip():
+        n, what = (len(descriptions), "descriptions") if descriptions else (len(adapters), "adapters")
+        vals = []
+        for p in (p.strip() for p in weights.split(",")):
+            try:
+                vals.append(float(p))
+            except ValueError:
+                raise InputError(f"--weights: {show_value(p)} is not a number", hint="give comma-separated numbers, e.g. --weights 0.7,0.3") from None
+            if not math.isfinite(vals[-1]):
+                raise InputError(f"--weights: {show_value(p)} is not a finite number")
+        if len(vals) != n:
+            raise InputError(f"--weights has {len(vals)} value(s) but there are {n} {what}", hint=f"give exactly {n} comma-separated weights")
+        if descriptions and (any(w < 0 for w in vals) or sum(vals) <= 0):
+            raise InputError("description weights must be >= 0 with a positive total (they are normalised to sum to 1)")
+        if all(w == 0 for w in vals):
+            raise InputError("all weights are zero: the result would be an empty adapter", hint="give at least one non-zero weight")
+        if method == "ties" and any(w < 0 for w in vals):
+            raise InputError("ties uses weights as relative importances: they must be >= 0", hint="use --method linear or dare for negative weights")
 
 
 merge.__t2l_examples__ = EXAMPLES  # type: ignore[attr-defined]

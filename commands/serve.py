@@ -6,8 +6,8 @@ from typing import Annotated
 import typer
 
 from t2lcli import console
-from t2lcli.errors import InputError
-from t2lcli.options import BaseModelOpt, CheckpointOpt, ProfileOpt, SetOpt, TrustRemoteCodeOpt
+from t2lcli.errors import InputError, UsageError
+from t2lcli.options import BaseModelOpt, CheckpointOpt, ProfileOpt, SetOpt, TrustRemoteCodeOpt, at_least, checkpoint_spec
 
 EXAMPLES = """[b]Examples[/b]
 
@@ -36,15 +36,15 @@ def serve(
     """Serve the base model and description-made adapters over an OpenAI-compatible HTTP API."""
     for flag, value, low in (("--max-adapters", max_adapters, 1), ("--max-batch", max_batch, 1), ("--max-tokens-cap", max_tokens_cap, 1),
                              ("--queue-size", queue_size, 1), ("--max-adapter-mb", max_adapter_mb, 1), ("--port", port, 0)):
-        if value < low:
-            raise InputError(f"{flag} must be at least {low}, got {value}")
+        at_least(flag, value, low)
     if port > 65535:
-        raise InputError(f"--port must be at most 65535, got {port}")
+        raise UsageError(f"--port must be at most 65535, got {port}")
+    checkpoint_spec(checkpoint)
     from t2lcli.engine.serve.server import bind, is_loopback
 
     api_key = _read_key(api_key_file) if api_key_file is not None else None
     if not is_loopback(host) and api_key is None and not insecure_no_auth:
-        raise InputError(f"--host {host} would expose the server beyond this machine without authentication",
+        raise UsageError(f"--host {host} would expose the server beyond this machine without authentication",
                          hint="pass --api-key-file FILE (or --insecure-no-auth to accept that), or keep the default 127.0.0.1")
     if insecure_no_auth and api_key is None and not is_loopback(host):
         console.warn(f"serving on {host} without authentication (--insecure-no-auth)")

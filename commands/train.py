@@ -6,8 +6,8 @@ from typing import Annotated
 import typer
 
 from t2lcli import console
-from t2lcli.errors import InputError, UsageError
-from t2lcli.options import JsonOpt, ProfileOpt
+from t2lcli.errors import UsageError
+from t2lcli.options import JsonOpt, ProfileOpt, at_least
 
 EXAMPLES = """[b]Examples[/b]
 
@@ -52,8 +52,9 @@ def train(
         return
     if recipe is None or output is None:
         raise UsageError("give a RECIPE and --output DIR", hint="t2l train --list-recipes shows the shipped recipes")
-    if max_steps is not None and max_steps < 1:
-        raise InputError("--max-steps must be at least 1")
+    at_least("--max-steps", max_steps, 1)
+    if time_budget is not None and not time_budget > 0:
+        raise UsageError(f"--time-budget must be a positive number of seconds, got {time_budget:g}")
     if resume and force:
         raise UsageError("--resume and --force contradict each other")
     rec = recipes.load_recipe(recipe, set_)

@@ -67,20 +67,23 @@ def test_plan_cli_fits_and_does_not_fit(runner, cli_app, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--shapes", "gpt-5"], "unknown shapes 'gpt-5'"),
-        (["--runs", "0"], "--runs must be at least 1"),
-        (["--batch", "1,x"], "--batch must be comma-separated integers"),
-        (["--batch", "0"], "--batch sizes must be positive"),
-        (["--baseline", "maybe"], "--baseline must be"),
-        (["--measure"], "--measure goes with --plan"),
-        (["--output", "/proc/version/x.json"], "cannot write --output"),
+    ("args", "message", "code"),
+    [  # flag values: usage errors (exit 2); what a flag names (a path it cannot write): exit 1
+        (["--shapes", "gpt-5"], "unknown shapes 'gpt-5'", 2),
+        (["--runs", "0"], "--runs must be at least 1", 2),
+        (["--cold-runs", "-1"], "--cold-runs must be 0 or more", 2),
+        (["--variant", "X"], "--variant must be L, M or S", 2),
+        (["--batch", "1,x"], "--batch must be comma-separated integers", 2),
+        (["--batch", "0"], "--batch sizes must be positive", 2),
+        (["--baseline", "maybe"], "--baseline must be", 2),
+        (["--measure"], "--measure goes with --plan", 2),
+        (["--plan", "--context", "0"], "--context must be at least 1", 2),
+        (["--output", "/proc/version/x.json"], "cannot write --output", 1),
     ],
 )
-def test_bad_input_one_line(runner, cli_app, args: list[str], message: str) -> None:
+def test_bad_input_one_line(runner, cli_app, args: list[str], message: str, code: int) -> None:
     res = runner.invoke(cli_app, ["bench", *args])
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == code, res.output
     assert message in res.stderr
     assert "Traceback" not in res.output
     assert res.stderr.count("error:") == 1

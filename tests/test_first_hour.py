@@ -272,6 +272,71 @@ def test_argument_combinations_are_usage_errors(runner, cli_app, args):
     assert res.exit_code == 2 and "error:" in res.output and "Traceback" not in res.output, res.output
 
 
+# (arguments, exit code, part of the one error line): a flag value out of range or not among its choices and flags that
+# contradict each other are usage errors (2); a missing file or folder a flag names is an error (1). Either way the
+# check runs before torch is imported: a typo never waits for the engine.
+CHEAP_CHECKS = [
+    (["bench", "--runs", "0"], 2, "--runs must be at least 1"),
+    (["bench", "--batch-size", "1,x"], 2, "--batch must be comma-separated integers"),
+    (["bench", "--shapes", "gpt-5"], 2, "unknown shapes"),
+    (["bench", "--checkpoint", "no/such"], 1, "checkpoint not found"),
+    (["generate", "x", "--batch-size", "0"], 2, "--batch-size must be at least 1"),
+    (["generate", "x", "--max-new-tokens", "0"], 2, "--max-new-tokens must be at least 1"),
+    (["generate", "x", "--scaling", "none"], 2, "--scaling must be rslora or lora"),
+    (["generate", "--from-file", "no-such.jsonl"], 1, "batch file not found"),
+    (["generate", "--embedding-file", "no-such.safetensors"], 1, "embedding file not found"),
+    (["generate", "x", "-c", "no-such-ckpt"], 1, "checkpoint not found"),
+    (["merge", "a", "b"], 2, "give an output folder"),
+    (["merge", "a", "b", "-o", "m", "--method", "average"], 2, "unknown method"),
+    (["merge", "a", "b", "-o", "m", "--weights", "1,x"], 2, "is not a number"),
+    (["merge", "a", "b", "-o", "m", "--method", "cat", "--rank", "4"], 2, "--rank does not apply to --method cat"),
+    (["merge", "no-such-a", "no-such-b", "-o", "m"], 1, "adapter folder not found"),
+    (["inspect", "no-such-adapter"], 1, "not found: no-such-adapter"),
+    (["inspect", "x", "--compat", "tgi"], 2, "unknown runtime"),
+    (["inspect", "a", "b", "--similarity", "--space", "pixels"], 2, "unknown --space"),
+    (["inspect", "x", "--clusters", "0"], 2, "--clusters must be at least 1"),
+    (["convert", "no-such-ckpt", "-o", "c"], 1, "checkpoint not found"),
+    (["eval", "-t", "gsm8k", "--limit", "0"], 2, "--limit must be a positive"),
+    (["eval", "-t", "gsm8k", "--num-fewshot", "-1"], 2, "--num-fewshot"),
+    (["eval", "-t", "gsm8k", "--conditions", "base,oracle"], 2, "unknown condition"),
+    (["train", "smoke", "-o", "r", "--max-steps", "0"], 2, "--max-steps must be at least 1"),
+    (["train", "smoke", "-o", "r", "--time-budget", "0"], 2, "--time-budget must be a positive"),
+    (["serve", "--port", "70000"], 2, "--port must be at most 65535"),
+    (["serve", "--max-batch", "0"], 2, "--max-batch must be at least 1"),
+    (["serve", "-c", "no-such-ckpt"], 1, "checkpoint not found"),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "needle"), CHEAP_CHECKS, ids=[" ".join(a) for a, _, _ in CHEAP_CHECKS])
+def test_bad_values_fail_before_torch_with_the_right_code(tmp_path, args, code, needle):
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['t2l', *{args!r}]\n"
+        "try:\n    runpy.run_module('t2lcli', run_name='__main__')\n"
+        "except SystemExit as e:\n    sys.stderr.write(f'\\nEXIT:{e.code}\\n')\n"
+        "sys.stderr.write('HEAVY:' + ','.join(m for m in ('torch', 'transformers', 'safetensors') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "T2L_HOME": str(tmp_path / "home")}
+    res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    err = res.stderr
+    assert f"EXIT:{code}" in err, err
+    assert "Traceback" not in err and needle in err, err
+    assert err.split("HEAVY:")[1].strip() == "", f"t2l {' '.join(args)} imported {err.split('HEAVY:')[1]} before refusing"
+    assert len([ln for ln in err.splitlines() if ln.startswith("error:")]) == 1, err
+
+
+def test_the_cli_copies_of_engine_lists_are_equal():
+    """The command modules check names against copies of the engine's lists (the engine modules import torch)."""
+    from commands import inspect as inspect_cmd
+    from commands import merge as merge_cmd
+    from t2lcli.engine import export, inspect, merge
+    from t2lcli.engine.checkpoint import SHIPPED
+    from t2lcli.options import SHIPPED_CHECKPOINTS
+
+    assert merge_cmd.METHODS == merge.METHODS and merge_cmd.EXPORTS == export.RUNTIMES
+    assert inspect_cmd.COMPAT_RUNTIMES == inspect.RUNTIMES and tuple(SHIPPED) == SHIPPED_CHECKPOINTS
+
+
 def test_short_flags_mean_the_same_everywhere():
     """-b is the batch size and -n the document limit wherever they exist; -o output, -c checkpoint, -m base model."""
     import click

@@ -161,7 +161,7 @@ def test_compat_rank_and_unsupported_keys(adapters: dict[str, Path], tmp_path: P
         res = runner.invoke(cli_app, ["inspect", folded, "--compat", runtime, "--json"])
         assert res.exit_code == 0 and all(c["status"] == "ok" for c in json.loads(res.stdout)["checks"]), res.output
     unknown = runner.invoke(cli_app, ["inspect", folded, "--compat", "tgi"])
-    assert unknown.exit_code == 1 and "unknown runtime 'tgi'" in unknown.stderr
+    assert unknown.exit_code == 2 and "unknown runtime 'tgi'" in unknown.stderr  # a flag value: a usage error
 
 
 def test_compat_after_merge_export(adapters: dict[str, Path], tmp_path: Path, runner, cli_app) -> None:
@@ -251,7 +251,7 @@ def test_similarity_bad_input(adapters: dict[str, Path], tmp_path: Path, runner,
     one = runner.invoke(cli_app, ["inspect", str(adapters["math0"]), "--similarity"])
     assert one.exit_code == 1 and "at least two adapters" in one.stderr
     bad_space = runner.invoke(cli_app, ["inspect", str(adapters["math0"]), str(adapters["math1"]), "--similarity", "--space", "pixels"])
-    assert bad_space.exit_code == 1 and "unknown --space" in bad_space.stderr
+    assert bad_space.exit_code == 2 and "unknown --space" in bad_space.stderr  # a flag value: a usage error
     # an adapter for another base (different shapes at the same keys)
     import torch
 

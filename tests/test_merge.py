@@ -400,7 +400,7 @@ def test_export_ollama_writes_modelfile(runner, cli_app, tmp_path, adapters):
 def test_bad_combinations_fail_cleanly(runner, cli_app, tmp_path, adapters, extra, message):
     out = tmp_path / "out"
     res = runner.invoke(cli_app, ["merge", str(adapters["a8"]), str(adapters["c8"]), "-o", str(out), *extra])
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == 2, res.output  # flag values and combinations: usage errors, checked before torch is imported
     assert message in res.stderr and "Traceback" not in res.output
     assert res.stderr.count("error:") == 1
     assert not out.exists() and no_temp_left(tmp_path)
@@ -427,11 +427,11 @@ def test_existing_output_and_empty_requests(runner, cli_app, tmp_path, tiny_chec
         assert res.exit_code == 1 and "output already exists" in res.stderr
         assert [p.name for p in out.iterdir()] == ["keep.txt"]
     res = runner.invoke(cli_app, ["merge", str(adapters["a8"]), "-o", str(tmp_path / "n")])
-    assert res.exit_code == 1 and "nothing to do with one adapter" in res.stderr
+    assert res.exit_code == 2 and "nothing to do with one adapter" in res.stderr  # flags alone: usage errors
     res = runner.invoke(cli_app, ["merge", "-c", str(tiny_checkpoint_dir), "-d", "solve math", "-d", "translate", "--weights", "0,0", "-o", str(tmp_path / "d")])
-    assert res.exit_code == 1 and "positive total" in res.stderr and not (tmp_path / "d").exists()
+    assert res.exit_code == 2 and "positive total" in res.stderr and not (tmp_path / "d").exists()
     res = runner.invoke(cli_app, ["merge", "-o", str(tmp_path / "e")])
-    assert res.exit_code == 1 and "nothing to merge" in res.stderr
+    assert res.exit_code == 2 and "nothing to merge" in res.stderr
     res = runner.invoke(cli_app, ["merge", str(adapters["a8"]), "--into-base", "--base-model", str(tmp_path / "nope"), "-o", str(tmp_path / "f")])
     assert res.exit_code == 1 and "not found" in res.stderr and not (tmp_path / "f").exists()
 
