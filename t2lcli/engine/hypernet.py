@@ -335,7 +335,25 @@ class HyperLoRA(nn.Module):
     def forward(self, emb: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Task embeddings [B, emb_dim] -> {module: (A [B,L,r,d_in], B [B,L,d_out,r])}."""
         z = self.encode(emb)
-        return {m: self.generate_module(z, m) for m in self.config.target_modules}
+        c = self.config
+        if self.training or c.variant != "L" or len(c.target_modules) == 1:
+            return {m: self.generate_module(z, m) for m in c.target_modules}
+        # inference, L: one trunk pass over every (module, layer) row instead of one per module. The trunk is
+        # row-wise, so only the GEMMs' row counts change (fp32 rounding); per-call overhead dominates small shapes
+        b, n, mods = z.shape[0], c.n_layers, c.target_modules
+        depth = self.layer_depth_encoder(torch.arange(n, device=z.device))  # [L, D]
+        mtype = self.layer_type_encoder(torch.arange(len(mods), device=z.device))  # [T, Ty]
+        x = torch.cat([z[:, None, None, :].expand(b, len(mods), n, -1), depth[None, None].expand(b, len(mods), n, -1),
+                       mtype[None, :, None].expand(b, len(mods), n, -1)], dim=-1)
+        u = self.mlp3(self.mlp2(self.mlp1(self.mixer(x))))  # [B, T, L, head_in]
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for i, mod in enumerate(mods):
+            d_in, d_out = c.module_dims[mod]
+            h = self.heads[mod](u[:, i])
+            a = h[..., : c.r * d_in].reshape(*h.shape[:-1], c.r, d_in)
+            bb = h[..., c.r * d_in :].reshape(*h.shape[:-1], c.r, d_out).transpose(-1, -2)
+            out[mod] = self._to_raw_scale(a, bb, mod, None)
+        return out
 
     def n_params(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
