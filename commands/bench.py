@@ -169,13 +169,13 @@ def _print_floor(f: dict | None) -> None:
     from rich.table import Table
 
     out = console.out_console()
-    t = Table(title=f"measured / floor, fp32 (ms; kernel policy {f['policy']}; {f['cpu']}: {' '.join(f['flags']) or 'no AVX2'})",
+    t = Table(title=f"measured / floor (ms, fp32 unless noted; kernel policy {f['policy']}; {f['cpu']}: {' '.join(f['flags']) or 'no AVX2'})",
               title_justify="left")
     for col in ("stage", "ms", "floor", "ratio", "GFLOP", "kernel: GEMMs", "floor kernel", "bf16 floor"):
         t.add_column(col, justify="left" if col in ("stage", "kernel: GEMMs", "floor kernel") else "right")
     for row in f["stages"]:
         bf = row.get("bf16_floor_ms")
-        t.add_row(row["stage"], f"{row['measured_ms']:.2f}", f"{row['floor_ms']:.2f}", f"{row['ratio']:.2f}x" if row["ratio"] else "-",
+        t.add_row(row["stage"] + ("" if row["dtype"] == "float32" else f" ({row['dtype']})"), f"{row['measured_ms']:.2f}", f"{row['floor_ms']:.2f}", f"{row['ratio']:.2f}x" if row["ratio"] else "-",
                   f"{row['gflop']:.3f}", row["kernel"], row["floor_kernel"], "-" if bf is None else f"{bf:.2f}")
     tot = f["total"]
     t.add_row("[b]total[/b] (warm p50)", f"{tot['measured_ms']:.2f}", f"{tot['floor_ms']:.2f}",

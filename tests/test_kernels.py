@@ -172,3 +172,17 @@ def test_generate_cli_forced_kernel(runner, cli_app, tiny_checkpoint_dir: Path, 
                                   "--set", "kernel=fastest"])
     assert res.exit_code != 0 and "kernel" in res.stderr and "Traceback" not in res.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_bf16_stage_is_recorded_and_gets_a_bf16_floor() -> None:
+    """A bf16 encoder (`encoder.dtype: auto` on a native-bf16 CPU) runs torch's bf16 linear; bench floors it in bf16."""
+    from t2lcli.engine.bench import _stage_floor
+
+    lin = kernels.KLinear(64, 32).to(torch.bfloat16)
+    kernels.configure(lin, "auto", "encoder")
+    with torch.no_grad(), kernels.record() as calls:
+        y = lin(torch.randn(4, 64).to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and [c[4] for c in calls] == ["torch-bf16"]
+    out = _stage_floor(calls, ["torch", "onednn", "torch-bf16"], {})
+    assert out["encoder"]["dtype"] == "bfloat16" and out["encoder"]["gemms"] == 1
+    assert set(out["encoder"]["floor_kernels"]) <= {"torch-bf16", "onednn-bf16"} and out["encoder"]["floor_ms"] > 0

@@ -496,11 +496,17 @@ def _time_shape(rows: int, module: Any, names: list[str]) -> dict[str, float]:
     from t2lcli.engine import kernels
 
     w, b = module.weight.detach(), None if module.bias is None else module.bias.detach()
-    x = torch.randn(rows, w.shape[1], generator=torch.Generator().manual_seed(0))
+    x = torch.randn(rows, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.dtype)
     out: dict[str, float] = {}
     with torch.no_grad():
         for name in names:
-            if name in kernels.KERNELS:
+            if w.dtype != torch.float32:  # a bf16 stage: torch's and oneDNN's bf16 GEMM on its own weight
+                if name in ("torch-bf16", "onednn-bf16"):
+                    try:
+                        out[name] = kernels.time_gemm(lambda name=name: kernels.gemm(x, w, b, name.split("-")[0]))
+                    except RuntimeError:  # a oneDNN build without bf16 on this CPU
+                        pass
+            elif name in kernels.KERNELS:
                 out[name] = kernels.time_gemm(lambda name=name: kernels.gemm(x, w, b, name))
             elif name == "onednn-packed":
                 packed = torch_ops()._reorder_linear_weight(w, rows)
@@ -514,18 +520,19 @@ def _time_shape(rows: int, module: Any, names: list[str]) -> dict[str, float]:
     return out
 
 
-def _stage_floor(calls: list[Any], names: list[str], memo: dict[tuple[int, int, int], dict[str, float]]) -> dict[str, dict[str, Any]]:
+def _stage_floor(calls: list[Any], names: list[str], memo: dict[tuple[int, int, int, str], dict[str, float]]) -> dict[str, dict[str, Any]]:
     """Per stage: the GEMMs' FLOPs, the best time of each distinct shape summed over the stage's calls, which
     kernels gave it, and which kernels the hot path ran."""
     out: dict[str, dict[str, Any]] = {}
     for stage, m, k, n, kernel, secs, module in calls:
-        times = memo.get((m, k, n))
+        dtype = str(module.weight.dtype).removeprefix("torch.")
+        times = memo.get((m, k, n, dtype))
         if times is None:
-            times = memo[(m, k, n)] = _time_shape(m, module, names)
-        fp32 = [name for name in times if name != "torch-bf16"]
-        best = min(fp32, key=lambda name: times[name])
+            times = memo[(m, k, n, dtype)] = _time_shape(m, module, names if dtype == "float32" else ["torch-bf16", "onednn-bf16"])
+        same = [name for name in times if (name in ("torch-bf16", "onednn-bf16")) == (dtype != "float32")]
+        best = min(same, key=lambda name: times[name])
         row = out.setdefault(stage or "other", {"gemms": 0, "gflop": 0.0, "floor_ms": 0.0, "gemm_ms": 0.0, "kernels": {}, "floor_kernels": {},
-                                                "bf16_ms": 0.0 if "torch-bf16" in times else None})
+                                                "bf16_ms": 0.0 if "torch-bf16" in times and dtype == "float32" else None, "dtype": dtype})
         if row["bf16_ms"] is not None:
             row["bf16_ms"] += times["torch-bf16"] * 1000
         row["gemms"] += 1
@@ -553,7 +560,7 @@ def measure_floor(stages: dict[str, float], warm: dict[str, Any] | None, recorde
     from t2lcli.engine import kernels
 
     names = _floor_kernels()
-    memo: dict[tuple[int, int, int], dict[str, float]] = {}
+    memo: dict[tuple[int, int, int, str], dict[str, float]] = {}
     per = _stage_floor(recorded[-1], names, memo) if recorded else {}
     heads_ms = statistics.median([sum(c[5] for c in run if c[0] == "heads") * 1000 for run in recorded]) if recorded else 0.0
     measured = {"encoder": stages.get("embed", 0.0), "heads": heads_ms, "trunk": max(0.0, stages.get("hypernet_forward", 0.0) - heads_ms)}
@@ -565,7 +572,7 @@ def measure_floor(stages: dict[str, float], warm: dict[str, Any] | None, recorde
         m_ms, f_ms = round(measured[stage], 3), round(p["floor_ms"], 3)
         rows.append({"stage": stage, "measured_ms": m_ms, "floor_ms": f_ms, "ratio": round(m_ms / f_ms, 2) if f_ms else None, "gemms": p["gemms"],
                      "gflop": round(p["gflop"], 6), "gemm_ms": round(p["gemm_ms"], 3), "kernel": _label(p["kernels"]),
-                     "floor_kernel": _label(p["floor_kernels"]), "dtype": "float32",
+                     "floor_kernel": _label(p["floor_kernels"]), "dtype": p["dtype"],
                      "bf16_floor_ms": None if p["bf16_ms"] is None else round(p["bf16_ms"], 3)})
     floor_total = sum(r["floor_ms"] for r in rows)
     total = warm["p50"] if warm else None
@@ -590,7 +597,8 @@ def measure_floor(stages: dict[str, float], warm: dict[str, Any] | None, recorde
                   "ratio": round(total / floor_total, 2) if total and floor_total else None,
                   "note": "measured: warm p50 (description -> adapter tensors in memory)"},
         "throughput": batches,
-        "shapes_timed": [{"m": m, "k": k, "n": n, "ms": {name: round(t * 1000, 3) for name, t in v.items()}} for (m, k, n), v in memo.items()],
+        "shapes_timed": [{"m": m, "k": k, "n": n, "dtype": dt, "ms": {name: round(t * 1000, 3) for name, t in v.items()}}
+                         for (m, k, n, dt), v in memo.items()],
     }
 
 

@@ -57,7 +57,7 @@ def available() -> list[str]:
 
 
 def gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, kernel: str) -> torch.Tensor:
-    """x [M, K] @ w[N, K]ᵀ (+ b) in float32 on the CPU with the named kernel (no gradient)."""
+    """x [M, K] @ w[N, K]ᵀ (+ b) on the CPU with the named kernel (no gradient); `torch-*` names run F.linear."""
     if kernel == "onednn":
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), w, b, "none", [], "")
     if kernel == "openblas":
@@ -93,12 +93,16 @@ class KLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if (self.policy == "torch" and _TIMING is None) or torch.is_grad_enabled() or x.device.type != "cpu" \
-                or x.dtype != torch.float32 or w.dtype != torch.float32:
+        if (self.policy == "torch" and _TIMING is None) or torch.is_grad_enabled() or x.device.type != "cpu":
             return F.linear(x, w, self.bias)
         k = x.shape[-1]
         x2 = x.reshape(-1, k)
-        kernel = self.policy if self.policy != "auto" else choose(x2.shape[0], k, w.shape[0], w, self.bias)
+        if x.dtype != torch.float32 or w.dtype != torch.float32:  # a bf16 encoder (`dtype: auto` on native bf16): torch's
+            if _TIMING is None:
+                return F.linear(x, w, self.bias)
+            kernel = "torch-bf16" if w.dtype == torch.bfloat16 else f"torch-{str(w.dtype).removeprefix('torch.')}"
+        else:
+            kernel = self.policy if self.policy != "auto" else choose(x2.shape[0], k, w.shape[0], w, self.bias)
         if _TIMING is None:
             y = gemm(x2, w, self.bias, kernel)
         else:
