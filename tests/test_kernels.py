@@ -182,7 +182,17 @@ def test_bf16_stage_is_recorded_and_gets_a_bf16_floor() -> None:
     kernels.configure(lin, "auto", "encoder")
     with torch.no_grad(), kernels.record() as calls:
         y = lin(torch.randn(4, 64).to(torch.bfloat16))
-    assert y.dtype == torch.bfloat16 and [c[4] for c in calls] == ["torch-bf16"]
+    assert y.dtype == torch.bfloat16 and [c[4] for c in calls] == ["torch-bf16"]  # tiny: never measured
+    with torch.no_grad():
+        big = kernels.KLinear(512, 1024).to(torch.bfloat16)
+        kernels.configure(big, "auto", "encoder")
+        x = torch.randn(20, 512).to(torch.bfloat16)
+        with kernels.record() as big_calls:
+            got = big(x)
+        assert_close(got, F.linear(x, big.weight, big.bias), depth=1)
+    assert big_calls[0][4] in ("torch-bf16", "onednn-bf16")
+    entry = next(iter(json.loads(kernels.cache_path().read_text())["machines"].values()))
+    assert "32:512:1024:bfloat16" in entry["choices"]
     out = _stage_floor(calls, ["torch", "onednn", "torch-bf16"], {})
     assert out["encoder"]["dtype"] == "bfloat16" and out["encoder"]["gemms"] == 1
     assert set(out["encoder"]["floor_kernels"]) <= {"torch-bf16", "onednn-bf16"} and out["encoder"]["floor_ms"] > 0

@@ -585,7 +585,7 @@ def measure_floor(stages: dict[str, float], warm: dict[str, Any] | None, recorde
         floor_rate = row["batch"] / (fl / 1000) if fl else None
         batches.append({"batch": row["batch"], "adapters_per_s": row["adapters_per_s"], "floor_ms": round(fl, 3),
                         "floor_adapters_per_s": None if floor_rate is None else round(floor_rate, 2),
-                        "fraction": None if not floor_rate else round(row["adapters_per_s"] / floor_rate, 3)})
+                        "fraction": None if not floor_rate else round(row["adapters_per_s"] / floor_rate, 6)})
     model, flags = kernels.cpu_model_and_flags()
     return {
         "method": "the hot path's GEMM shapes (recorded), each timed with every fp32 kernel in this process (best of 3 after a warm-up); "

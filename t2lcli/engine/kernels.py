@@ -13,7 +13,8 @@ the fastest of them by a short measurement on the module's own weight, cached pe
 flags, torch and numpy versions, torch threads) in `$T2L_HOME/kernels.json`; GEMMs under `SMALL_FLOPS` stay on
 torch (nothing to gain, and tiny test models keep torch's bytes). A named policy forces one kernel. Results agree
 within fp32 rounding whichever kernel runs (tests/test_kernels.py); the same kernel gives the same bytes every run.
-bf16 is never chosen here: it changes results beyond fp32 tolerance (the encoder's `dtype: auto` covers native bf16).
+bf16 is never chosen here (it changes results beyond fp32 tolerance); a module already in bf16 (the encoder under
+`dtype: auto` on a native-bf16 CPU) picks between torch's and oneDNN's bf16 GEMM the same way.
 """
 
 from __future__ import annotations
@@ -97,18 +98,25 @@ class KLinear(nn.Linear):
             return F.linear(x, w, self.bias)
         k = x.shape[-1]
         x2 = x.reshape(-1, k)
-        if x.dtype != torch.float32 or w.dtype != torch.float32:  # a bf16 encoder (`dtype: auto` on native bf16): torch's
-            if _TIMING is None:
-                return F.linear(x, w, self.bias)
-            kernel = "torch-bf16" if w.dtype == torch.bfloat16 else f"torch-{str(w.dtype).removeprefix('torch.')}"
-        else:
+        label = ""
+        if x.dtype == w.dtype == torch.float32:
             kernel = self.policy if self.policy != "auto" else choose(x2.shape[0], k, w.shape[0], w, self.bias)
+        elif x.dtype == w.dtype == torch.bfloat16:  # a bf16 encoder (`dtype: auto` on native bf16): torch's or oneDNN's bf16
+            label = "-bf16"
+            if self.policy == "auto":
+                kernel = choose(x2.shape[0], k, w.shape[0], w, self.bias)
+            else:
+                kernel = "onednn" if self.policy == "onednn" else "torch"
+        elif _TIMING is None:
+            return F.linear(x, w, self.bias)
+        else:
+            kernel, label = "torch", f"-{str(w.dtype).removeprefix('torch.')}"
         if _TIMING is None:
             y = gemm(x2, w, self.bias, kernel)
         else:
             t0 = time.perf_counter()
             y = gemm(x2, w, self.bias, kernel)
-            _TIMING.append((self.stage, x2.shape[0], k, w.shape[0], kernel, time.perf_counter() - t0, self))
+            _TIMING.append((self.stage, x2.shape[0], k, w.shape[0], kernel + label, time.perf_counter() - t0, self))
         return y.view(*x.shape[:-1], w.shape[0])
 
 
@@ -139,17 +147,17 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
     """The CPU model name and the ISA flags that decide GEMM speed (from /proc/cpuinfo; platform otherwise)."""
     import platform
 
-    model, flags = platform.processor() or platform.machine(), []
+    model, flags = "", []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.processor() or platform.machine()):
+            if line.startswith("model name") and not model:
                 model = line.split(":", 1)[1].strip()
             elif line.startswith("flags") and not flags:
                 have = set(line.split(":", 1)[1].split())
                 flags = sorted(f for f in have if f in GEMM_FLAGS)
     except OSError:
         pass
-    return model, flags
+    return model or platform.processor() or platform.machine(), flags
 
 
 def fingerprint() -> dict[str, Any]:
@@ -239,7 +247,7 @@ def measure(rows: int, w: torch.Tensor, b: torch.Tensor | None, kernels: list[st
     """Seconds per call of each kernel for a [rows, K] input on this weight (rows capped at MEASURE_FLOPS)."""
     n, k = w.shape
     rows = max(1, min(rows, max(8, int(MEASURE_FLOPS / (2 * k * n)))))
-    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(0)).to(w.dtype)
     with torch.no_grad():
         return {name: time_gemm(lambda name=name: gemm(x, w, b, name)) for name in (kernels or available())}
 
@@ -250,7 +258,7 @@ def choose(rows: int, k: int, n: int, w: torch.Tensor, b: torch.Tensor | None) -
         return "torch"
     key = _current_key()
     table = _table(key)
-    shape = f"{bucket(rows)}:{k}:{n}"
+    shape = f"{bucket(rows)}:{k}:{n}" + ("" if w.dtype == torch.float32 else f":{str(w.dtype).removeprefix('torch.')}")
     kernel = table.get(shape)
     if kernel is None:
         times = measure(bucket(rows), w, b, [name for name in AUTO_KERNELS if name in available()])
@@ -260,8 +268,3 @@ def choose(rows: int, k: int, n: int, w: torch.Tensor, b: torch.Tensor | None) -
     return kernel
 
 
-def chosen(rows: int, k: int, n: int) -> str | None:
-    """The cached choice for this shape on this machine, if any (for reports)."""
-    if 2 * rows * k * n < SMALL_FLOPS:
-        return "torch"
-    return _table(_current_key()).get(f"{bucket(rows)}:{k}:{n}")
