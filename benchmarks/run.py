@@ -71,13 +71,13 @@ def markdown(reports: list[dict]) -> str:
     for r in reports:
         for t in r["targets"]:
             met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
-            value = "-" if t["value"] is None else f"{t['value']:,.1f}"
+            value = "-" if t["value"] is None else f"{t['value']:,.{2 if abs(t['value']) < 10 else 1}f}"
             cpu = "-" if t.get("cpu_time") is None else f"{t['cpu_time']:,.1f} ms"
             lines.append(f"| {r['config']['shapes']} | {t['name']} | {value} {t['unit']} | {t['target']} {t['unit']} | {met} | {cpu} |")
     floors = [r for r in reports if r.get("floor")]
     if floors:
         f0 = floors[0]["floor"]
-        lines += ["", f"Against the machine's own floor, fp32, in the same runs ({f0['cpu']}, flags {' '.join(f0['flags']) or '-'}; kernel "
+        lines += ["", f"Against the machine's own floor, in the same runs (fp32; a stage the profile runs in bf16 against a bf16 floor; {f0['cpu']}, flags {' '.join(f0['flags']) or '-'}; kernel "
                   f"policy `{f0['policy']}`): each stage's GEMM shapes, as the hot path ran them, timed with every kernel in the process "
                   f"({', '.join(f0['kernels_tried'])}; bf16 beside it where native, not in it) and the fastest summed. measured / floor:", "",
                   "| shapes | encoder | hypernet trunk | heads | total (warm p50) | batch: % of floor throughput | kernels (hot path) | cold: p50 vs reading its files |",
@@ -128,7 +128,12 @@ def main() -> int:
     ap.add_argument("--render", action="store_true", help="only re-render results.md and README from results.json")
     args = ap.parse_args()
     if args.render:
-        md = markdown(json.loads((HERE / "results.json").read_text()))
+        from t2lcli.engine.bench import evaluate_targets
+
+        reports = json.loads((HERE / "results.json").read_text())
+        for r in reports:  # the targets follow from the figures: re-evaluated with the current target list
+            r["targets"] = evaluate_targets(r)
+        md = markdown(reports)
         (HERE / "results.md").write_text(md)
         splice_readme(md)
         return 0

@@ -114,7 +114,7 @@ def test_auto_measures_once_and_caches_per_fingerprint(monkeypatch: pytest.Monke
     assert first in kernels.AUTO_KERNELS and measured == [32]  # rows rounded up to the shape class
     assert kernels.choose(20, 256, 512, w, b) == first and measured == [32]  # same class: no new measurement
     data = json.loads(kernels.cache_path().read_text())
-    (entry,) = data["machines"].values()
+    entry = data["machines"][kernels._current_key()]  # the session's $T2L_HOME may hold other thread counts' entries too
     assert entry["fingerprint"]["threads"] == torch.get_num_threads() and entry["fingerprint"]["cpu"]
     assert entry["choices"]["32:256:512"]["kernel"] == first and set(entry["choices"]["32:256:512"]["ms"]) <= set(kernels.AUTO_KERNELS)
     monkeypatch.setattr(kernels, "_CHOICES", {})  # a new process: the choice comes from $T2L_HOME, not a new measurement
@@ -133,7 +133,7 @@ def test_auto_cache_is_keyed_by_thread_count(monkeypatch: pytest.MonkeyPatch) ->
     finally:
         torch.set_num_threads(threads)
     data = json.loads(kernels.cache_path().read_text())
-    assert sorted(e["fingerprint"]["threads"] for e in data["machines"].values()) == sorted({threads, 1 if threads > 1 else 2})
+    assert {e["fingerprint"]["threads"] for e in data["machines"].values()} >= {threads, 1 if threads > 1 else 2}
 
 
 def test_corrupt_cache_is_remeasured(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,7 +191,7 @@ def test_bf16_stage_is_recorded_and_gets_a_bf16_floor() -> None:
             got = big(x)
         assert_close(got, F.linear(x, big.weight, big.bias), depth=1)
     assert big_calls[0][4] in ("torch-bf16", "onednn-bf16")
-    entry = next(iter(json.loads(kernels.cache_path().read_text())["machines"].values()))
+    entry = json.loads(kernels.cache_path().read_text())["machines"][kernels._current_key()]
     assert "32:512:1024:bfloat16" in entry["choices"]
     out = _stage_floor(calls, ["torch", "onednn", "torch-bf16"], {})
     assert out["encoder"]["dtype"] == "bfloat16" and out["encoder"]["gemms"] == 1
