@@ -248,8 +248,15 @@ def measure(rows: int, w: torch.Tensor, b: torch.Tensor | None, kernels: list[st
     n, k = w.shape
     rows = max(1, min(rows, max(8, int(MEASURE_FLOPS / (2 * k * n)))))
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(0)).to(w.dtype)
+    names = kernels or available()
+    best: dict[str, float] = {}
     with torch.no_grad():
-        return {name: time_gemm(lambda name=name: gemm(x, w, b, name)) for name in (kernels or available())}
+        for rep in range(3):  # round-robin, best of each: a burst of other load does not hit one kernel only
+            for name in names:
+                best[name] = min(best.get(name, float("inf")), time_gemm(lambda name=name: gemm(x, w, b, name), reps=1))
+            if rep == 0 and min(best.values()) > 0.5:  # slow shapes (Llama-8B heads): one round is enough
+                break
+    return best
 
 
 def choose(rows: int, k: int, n: int, w: torch.Tensor, b: torch.Tensor | None) -> str:
