@@ -148,6 +148,7 @@ def _print_report(r: dict) -> None:
     b.add_row("3-shot in-context examples", f"+{pr['icl_3shot_tokens']} tokens/request", "t2l: +0")
     out.print(b)
     out.print(f"[dim]tokens counted with {pr['tokenizer']} ({pr['tokenizer_note']})[/dim]")
+    _print_floor(r.get("floor"))
     if r["targets"]:
         tg = Table(title="targets", title_justify="left")
         for col in ("target", "measured", "goal", "met"):
@@ -157,6 +158,38 @@ def _print_report(r: dict) -> None:
             met = "-" if row["met"] is None else ("[green]yes[/green]" if row["met"] else "[red]no[/red]")
             tg.add_row(row["name"], val, f"{row['target']} {row['unit']}", met)
         out.print(tg)
+
+
+def _print_floor(f: dict | None) -> None:
+    """measured / floor per stage, in total, per batch size, and the cold start against reading its files."""
+    if not f:
+        return
+    from rich.table import Table
+
+    out = console.out_console()
+    t = Table(title=f"measured / floor (ms, fp32 unless noted; kernel policy {f['policy']}; {f['cpu']}: {' '.join(f['flags']) or 'no AVX2'})",
+              title_justify="left")
+    for col in ("stage", "ms", "floor", "ratio", "GFLOP", "kernel: GEMMs", "floor kernel", "bf16 floor"):
+        t.add_column(col, justify="left" if col in ("stage", "kernel: GEMMs", "floor kernel") else "right")
+    for row in f["stages"]:
+        bf = row.get("bf16_floor_ms")
+        t.add_row(row["stage"] + ("" if row["dtype"] == "float32" else f" ({row['dtype']})"), f"{row['measured_ms']:.2f}", f"{row['floor_ms']:.2f}", f"{row['ratio']:.2f}x" if row["ratio"] else "-",
+                  f"{row['gflop']:.3f}", row["kernel"], row["floor_kernel"], "-" if bf is None else f"{bf:.2f}")
+    tot = f["total"]
+    t.add_row("[b]total[/b] (warm p50)", f"{tot['measured_ms']:.2f}", f"{tot['floor_ms']:.2f}",
+              f"[b]{tot['ratio']:.2f}x[/b]" if tot["ratio"] else "-", "", "", "", "")
+    out.print(t)
+    for row in f["throughput"]:
+        out.print(f"batch {row['batch']}: {row['adapters_per_s']:.1f} adapters/s vs floor {row['floor_adapters_per_s']:.1f} "
+                  f"({row['fraction']:.0%} of the floor's throughput)")
+    c = f.get("cold")
+    if c and c.get("cold_p50_ms") is not None:
+        out.print(f"cold `t2l generate` p50 {c['cold_p50_ms']:.0f} ms (target < {c['target_ms']:.0f}): imports {c['imports_ms']:.0f} ms, "
+                  f"checkpoint load {c['checkpoint_load_ms'] or 0:.0f} ms, embed (encoder load + forward) {c['embed_ms'] or 0:.0f} ms, "
+                  f"hypernet {c['hypernet_ms'] or 0:.0f} ms, write {c['write_ms'] or 0:.0f} ms; "
+                  f"floor of reading its {c['files']} files ({c['bytes'] / 2**20:.0f} MiB): {c['read_ms']:.0f} ms")
+    out.print("[dim]floor: the same GEMM shapes with the fastest kernel in this process (kernels tried: "
+              f"{', '.join(f['kernels_tried'])}); measured includes tokenizing, attention, norms and copies[/dim]")
 
 
 def _print_plan(p: dict) -> None:

@@ -18,6 +18,7 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 QUANTIZATION = ("none", "8bit", "4bit")
 ATTN = ("eager", "sdpa", "flash_attention_2", "auto")
 DEVICES = ("cpu", "cuda", "auto", "mps")
+KERNEL_POLICIES = ("auto", "torch", "onednn", "openblas")  # t2lcli.engine.kernels.POLICIES (this module stays torch-free)
 DEFAULT_PROFILE = "cpu"
 
 
@@ -41,6 +42,8 @@ class Profile:
     name: str = DEFAULT_PROFILE
     description: str = "CPU only, float32 (the default)"
     threads: int = field(default=0, metadata={"help": "torch CPU threads; 0 = library default"})
+    kernel: str = field(default="auto", metadata={"help": "CPU kernel of the encoder/hypernet linears: auto (measured once per "
+                                                           "machine, cached in $T2L_HOME), torch, onednn or openblas"})
     hypernet: ComponentSettings = field(default_factory=ComponentSettings)
     encoder: ComponentSettings = field(default_factory=lambda: ComponentSettings(batch_size=64))
     base: ComponentSettings = field(default_factory=ComponentSettings)
@@ -129,7 +132,7 @@ def _check_value(where: str, key: str, value: Any, default: Any, problems: list[
         if key == "dtype":
             value = DTYPE_SPELLINGS.get(value.lower(), value)
         allowed = {"dtype": (*DTYPES, *(k for k in DTYPE_SPELLINGS if k not in DTYPES)),
-                   "quantization": QUANTIZATION, "attn_implementation": ATTN}.get(key)
+                   "quantization": QUANTIZATION, "attn_implementation": ATTN, "kernel": KERNEL_POLICIES}.get(key)
         if allowed and value not in allowed:
             problems.append(f"{where}{key}: {show_value(value)} is not one of {', '.join(allowed)}")
         if key == "device" and value.split(":")[0] not in DEVICES:

@@ -118,7 +118,8 @@ def test_bench_tiny_checkpoint_report(tiny_report: tuple[dict, Path, str]) -> No
     assert json.loads(out.read_text()) == report
     assert report["schema"] == "t2l-bench/1"
     assert set(report) >= {"machine", "config", "stages_ms", "warm_ms", "warm_write_ms", "cold_ms", "throughput", "memory", "baselines", "targets"}
-    assert set(report["stages_ms"]) == {"imports", "checkpoint_load", "encoder_load", "embed", "hypernet_forward", "adapter_build", "adapter_write"}
+    assert set(report["stages_ms"]) == {"imports", "checkpoint_load", "encoder_load", "first_generate", "embed", "hypernet_forward",
+                                        "adapter_build", "adapter_write"}
     assert all(v > 0 for v in report["stages_ms"].values())
     w = report["warm_ms"]
     assert w["n"] == 4 and w["min"] <= w["p50"] <= w["p95"] <= w["p99"] <= w["max"]
@@ -136,6 +137,18 @@ def test_bench_tiny_checkpoint_report(tiny_report: tuple[dict, Path, str]) -> No
     assert prompt["description_tokens"] > 0 and prompt["icl_3shot_tokens"] > prompt["description_tokens"] and prompt["t2l_tokens"] == 0
     assert report["baselines"]["load_base"] is None
     assert report["config"]["hypernet_params"] > 0 and report["config"]["checkpoint"] == ckpt
+    floor = report["floor"]  # measured / floor per stage, from the GEMM shapes the hot path ran
+    assert [s["stage"] for s in floor["stages"]] == ["encoder", "trunk", "heads"]
+    for s in floor["stages"]:
+        assert s["floor_ms"] > 0 and s["measured_ms"] >= 0 and s["gemms"] > 0 and s["gflop"] > 0 and s["dtype"] == "float32"
+        assert s["ratio"] == pytest.approx(s["measured_ms"] / s["floor_ms"], rel=0.01, abs=0.01)
+        assert s["kernel"] and s["floor_kernel"].split(":")[0] in floor["kernels_tried"]
+    assert "torch" in floor["kernels_tried"] and floor["policy"] == "auto" and floor["cpu"] == report["machine"]["cpu"]
+    tot = floor["total"]
+    assert tot["measured_ms"] == w["p50"] and tot["floor_ms"] == pytest.approx(sum(s["floor_ms"] for s in floor["stages"]), abs=0.01)
+    assert [t["batch"] for t in floor["throughput"]] == [1, 3]
+    assert all(t["floor_adapters_per_s"] > 0 and t["fraction"] > 0 for t in floor["throughput"])
+    assert floor["cold"]["files"] > 0 and floor["cold"]["bytes"] > 0 and floor["cold"]["cold_p50_ms"] is None
 
 
 def test_bench_human_output(tiny_report: tuple[dict, Path, str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -147,7 +160,8 @@ def test_bench_human_output(tiny_report: tuple[dict, Path, str], capsys: pytest.
     _print_report(tiny_report[0])
     text = capsys.readouterr().out
     console._state.pop("out", None)
-    for part in ("stages (median)", "latency (ms)", "throughput", "baselines", "3-shot in-context examples", "torch threads"):
+    for part in ("stages (median)", "latency (ms)", "throughput", "baselines", "3-shot in-context examples", "torch threads",
+                 "measured / floor", "encoder", "heads", "of the floor's throughput"):
         assert part in text
 
 
@@ -164,7 +178,8 @@ def test_bench_default_shapes_end_to_end(runner, cli_app) -> None:
     lb = r["baselines"]["load_base"]
     assert lb["extrapolated"] is False and lb["depths"] == [30] and lb["base_params"] == 134_515_008
     assert lb["ratio_vs_warm"] > 1
-    assert [t["name"] for t in r["targets"]] == ["warm p50", "cold t2l generate p50", "throughput at batch 64"]
+    assert [t["name"] for t in r["targets"]] == ["warm p50 / floor", "warm p50", "cold t2l generate p50", "throughput at batch 64"]
+    assert r["targets"][0]["value"] == r["floor"]["total"]["ratio"] and r["targets"][0]["target"] == "<= 1.5"
     assert r["config"]["hypernet_params"] == 8_630_208
 
 

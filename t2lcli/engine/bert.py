@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from t2lcli.engine.kernels import KLinear
 from t2lcli.errors import ModelNotFoundError, format_problems
 
 _ACTS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
@@ -47,10 +48,10 @@ class _Layer(nn.Module):
     def __init__(self, h: int, inter: int, heads: int, eps: float, act: str) -> None:
         super().__init__()
         self.heads = heads
-        self.q, self.k, self.v, self.o = (nn.Linear(h, h) for _ in range(4))
+        self.q, self.k, self.v, self.o = (KLinear(h, h) for _ in range(4))
         self.ln1 = nn.LayerNorm(h, eps=eps)
-        self.up = nn.Linear(h, inter)
-        self.down = nn.Linear(inter, h)
+        self.up = KLinear(h, inter)
+        self.down = KLinear(inter, h)
         self.ln2 = nn.LayerNorm(h, eps=eps)
         self.act = _ACTS[act]
 

@@ -46,24 +46,26 @@ class Generator:
     """A loaded checkpoint plus (lazily) its text encoder."""
 
     def __init__(self, ckpt: T2LCheckpoint, device: str = "cpu", encoder_device: str = "cpu", trust_remote_code: bool = False,
-                 encoder_dtype: str = "float32") -> None:
+                 encoder_dtype: str = "float32", kernel: str = "auto") -> None:
         self.ckpt = ckpt
         self.device = device
         self.encoder_device = encoder_device
         self.trust_remote_code = trust_remote_code
         self.encoder_dtype = encoder_dtype  # a profile dtype name; "auto" picks by device and encoder size
         self._encoder: Any = None
+        self.kernel = kernel  # the linears' CPU kernel policy (t2lcli.engine.kernels): auto, torch, onednn, openblas
+        _configure_hypernet(ckpt.hypernet, kernel)
         self._warned_scaling = False
         self.timings = Timings()
 
     @classmethod
     def load(cls, spec: str | Path | None = None, device: str = "cpu", dtype: str = "float32", encoder_device: str = "cpu",
-             trust_remote_code: bool = False, encoder_dtype: str = "float32") -> Generator:
+             trust_remote_code: bool = False, encoder_dtype: str = "float32", kernel: str = "auto") -> Generator:
         from t2lcli.engine.base_model import resolve_device, torch_dtype
 
         device = resolve_device(device)
         return cls(load_checkpoint(spec, device=device, dtype=torch_dtype(dtype)), device, resolve_device(encoder_device), trust_remote_code,
-                   encoder_dtype)
+                   encoder_dtype, kernel)
 
     @property
     def encoder(self) -> Any:
@@ -77,6 +79,10 @@ class Generator:
             from t2lcli.engine.base_model import torch_dtype
 
             self._encoder = TextEncoder(spec, device=self.encoder_device, dtype=torch_dtype(self.encoder_dtype))
+            if getattr(self._encoder, "fast", False):  # our BERT: its linears are KLinear (transformers' are not)
+                from t2lcli.engine.kernels import configure
+
+                configure(self._encoder.model, self.kernel, "encoder")
         return self._encoder
 
     def embed(self, descriptions: list[str]) -> torch.Tensor:
@@ -173,6 +179,17 @@ class Generator:
         from t2lcli.engine.lora_hooks import apply_adapter
 
         return apply_adapter(model, adapter)
+
+
+def _configure_hypernet(net: torch.nn.Module, kernel: str) -> None:
+    """The kernel policy for the hypernetwork's linears: the heads and the trunk (everything before them) as two stages."""
+    from t2lcli.engine.kernels import configure
+
+    try:
+        configure(net, kernel, "trunk")
+        configure(getattr(net, "heads"), kernel, "heads")
+    except ValueError as exc:
+        raise InputError(str(exc), hint="set the profile's kernel to auto or torch (--set kernel=auto)") from None
 
 
 def load_embeddings(path: Path | str) -> torch.Tensor:

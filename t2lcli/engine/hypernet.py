@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from t2lcli.engine.kernels import KLinear
 from t2lcli.errors import show_value
 
 VARIANTS = ("L", "M", "S")
 MAX_SIZE = 1 << 20  # any single size (a sanity bound on configs read from files; real ones are <= 65536)
-HEAD_T_CACHE_MAX = 16 << 20  # heads up to 16M values (64 MiB in fp32) keep a transposed copy for CPU inference
 
 
 @dataclass
@@ -138,10 +138,10 @@ class _Residual(nn.Module):
         super().__init__()
         self.mlp = nn.Sequential(
             nn.LayerNorm(width),
-            nn.Linear(width, 4 * width),
+            KLinear(width, 4 * width),
             nn.SiLU(),
             nn.Dropout(dropout),
-            nn.Linear(4 * width, width),
+            KLinear(4 * width, width),
             nn.SiLU(),
             nn.Dropout(dropout),
         )
@@ -153,7 +153,7 @@ class _Residual(nn.Module):
 class _TaskEncoder(nn.Module):
     def __init__(self, emb_dim: int, out: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(emb_dim, out), nn.LayerNorm(out))
+        self.mlp = nn.Sequential(KLinear(emb_dim, out), nn.LayerNorm(out))
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         return self.mlp(e)
@@ -181,15 +181,15 @@ class HyperLoRA(nn.Module):
         self.layer_depth_encoder = nn.Sequential(nn.Embedding(config.n_layers, d), nn.LayerNorm(d))
         self.layer_type_encoder = nn.Sequential(nn.Embedding(len(config.target_modules), d), nn.LayerNorm(d))
         self.mixer = nn.Sequential(
-            nn.Dropout(drop), nn.Linear(m, 4 * m), nn.SiLU(), nn.Dropout(drop), nn.Linear(4 * m, m), nn.SiLU(), nn.Dropout(drop)
+            nn.Dropout(drop), KLinear(m, 4 * m), nn.SiLU(), nn.Dropout(drop), KLinear(4 * m, m), nn.SiLU(), nn.Dropout(drop)
         )
         self.mlp1 = _Residual(m, drop)
         self.mlp2 = _Residual(m, drop)
         self.mlp3 = nn.Sequential(
-            nn.LayerNorm(m), nn.Linear(m, 4 * m), nn.SiLU(), nn.Dropout(drop), nn.Linear(4 * m, config.head_in), nn.SiLU()
+            nn.LayerNorm(m), KLinear(m, 4 * m), nn.SiLU(), nn.Dropout(drop), KLinear(4 * m, config.head_in), nn.SiLU()
         )
         self.heads = nn.ModuleDict(
-            {mod: nn.Linear(config.head_in, config.head_out(mod), bias=config.head_bias) for mod in config.target_modules}
+            {mod: KLinear(config.head_in, config.head_out(mod), bias=config.head_bias) for mod in config.target_modules}
         )
         if config.variant in ("M", "S"):
             self.out_emb = nn.ModuleDict(
@@ -270,22 +270,7 @@ class HyperLoRA(nn.Module):
         return self.mlp1(self.mixer(x))
 
     def _tail(self, u: torch.Tensor, module: str) -> torch.Tensor:
-        x = self.mlp3(u)
-        head = self.heads[module]
-        w = head.weight
-        if torch.is_grad_enabled() or x.device.type != "cpu" or w.numel() > HEAD_T_CACHE_MAX:
-            return head(x)
-        # inference on the CPU: x @ Wᵀ with Wᵀ stored contiguous is ~25% faster in MKL than linear() for the few
-        # rows of one description (30 layers x 512 -> 9216 for SmolLM2's q_proj head); cached per weight version.
-        # The copy costs the head's size again, so large heads (Llama-8B's are 134M values) are not cached.
-        key = (w.data_ptr(), w._version, w.dtype)
-        cache = self.__dict__.setdefault("_head_t", {})
-        if cache.get(module, (None,))[0] != key:
-            cache[module] = (key, w.detach().t().contiguous())
-        wt = cache[module][1]
-        flat = x.reshape(-1, x.shape[-1])
-        out = torch.addmm(head.bias, flat, wt) if head.bias is not None else flat @ wt
-        return out.view(*x.shape[:-1], wt.shape[1])
+        return self.heads[module](self.mlp3(u))
 
     def _rope(self, x: torch.Tensor) -> torch.Tensor:
         """Rotate [..., r, latent] over the r positions (rotate-half form, base 10000)."""
@@ -350,7 +335,25 @@ class HyperLoRA(nn.Module):
     def forward(self, emb: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Task embeddings [B, emb_dim] -> {module: (A [B,L,r,d_in], B [B,L,d_out,r])}."""
         z = self.encode(emb)
-        return {m: self.generate_module(z, m) for m in self.config.target_modules}
+        c = self.config
+        if self.training or c.variant != "L" or len(c.target_modules) == 1:
+            return {m: self.generate_module(z, m) for m in c.target_modules}
+        # inference, L: one trunk pass over every (module, layer) row instead of one per module. The trunk is
+        # row-wise, so only the GEMMs' row counts change (fp32 rounding); per-call overhead dominates small shapes
+        b, n, mods = z.shape[0], c.n_layers, c.target_modules
+        depth = self.layer_depth_encoder(torch.arange(n, device=z.device))  # [L, D]
+        mtype = self.layer_type_encoder(torch.arange(len(mods), device=z.device))  # [T, Ty]
+        x = torch.cat([z[:, None, None, :].expand(b, len(mods), n, -1), depth[None, None].expand(b, len(mods), n, -1),
+                       mtype[None, :, None].expand(b, len(mods), n, -1)], dim=-1)
+        u = self.mlp3(self.mlp2(self.mlp1(self.mixer(x))))  # [B, T, L, head_in]
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for i, mod in enumerate(mods):
+            d_in, d_out = c.module_dims[mod]
+            h = self.heads[mod](u[:, i])
+            a = h[..., : c.r * d_in].reshape(*h.shape[:-1], c.r, d_in)
+            bb = h[..., c.r * d_in :].reshape(*h.shape[:-1], c.r, d_out).transpose(-1, -2)
+            out[mod] = self._to_raw_scale(a, bb, mod, None)
+        return out
 
     def n_params(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -120,7 +120,7 @@ def run_generate(req: GenerateRequest, profile: Profile, on_result: Callable[[di
     t_load = time.perf_counter()
     gen = Generator.load(
         req.checkpoint, device=profile.hypernet.device, dtype=profile.hypernet.dtype, encoder_device=profile.encoder.device,
-        trust_remote_code=req.trust_remote_code, encoder_dtype=profile.encoder.dtype,
+        trust_remote_code=req.trust_remote_code, encoder_dtype=profile.encoder.dtype, kernel=profile.kernel,
     )
     load_s = time.perf_counter() - t_load
     check_base_matches(gen.ckpt, req.base_model)

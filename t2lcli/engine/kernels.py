@@ -1,0 +1,277 @@
+"""The CPU kernel behind every inference linear of the generate hot path (text encoder + hypernetwork).
+
+torch's default fp32 GEMM (MKL) is far from the machine on some CPUs: on a 2-core AMD EPYC (AVX2) the Llama-8B
+heads' skinny [32 x 2048] x [2048 x 65536] product ran 3-6x slower than oneDNN on the same, unpacked weight. So each
+`KLinear` (an `nn.Linear` with the same parameters and state-dict keys) runs, in inference only, on one of:
+
+  torch     `F.linear` (MKL or whatever torch was built with); always used for training (autograd) and off the CPU;
+  onednn    `torch.ops.mkldnn._linear_pointwise` on the plain fp32 weight: no packed copy is kept;
+  openblas  numpy's `matmul` (OpenBLAS) on zero-copy views of the tensors.
+
+Policy `auto` (the default; profile key `kernel`) picks, per GEMM shape (rows rounded up to a power of two, K, N),
+the fastest of them by a short measurement on the module's own weight, cached per machine fingerprint (CPU model and
+flags, torch and numpy versions, torch threads) in `$T2L_HOME/kernels.json`; GEMMs under `SMALL_FLOPS` stay on
+torch (nothing to gain, and tiny test models keep torch's bytes). A named policy forces one kernel. Results agree
+within fp32 rounding whichever kernel runs (tests/test_kernels.py); the same kernel gives the same bytes every run.
+bf16 is never chosen here (it changes results beyond fp32 tolerance); a module already in bf16 (the encoder under
+`dtype: auto` on a native-bf16 CPU) picks between torch's and oneDNN's bf16 GEMM the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+KERNELS = ("torch", "onednn", "openblas")
+# what `auto` measures: OpenBLAS runs its own thread pool next to torch's OpenMP one; interleaved with torch ops on a
+# busy 2-core machine the two pools spun against each other (default warm generate ~10x slower), so it is forced-only
+AUTO_KERNELS = ("torch", "onednn")
+POLICIES = ("auto", *KERNELS)
+SMALL_FLOPS = 1 << 21  # 2*M*K*N below this: torch (a MiniLM q/k/v/o over 15 tokens is ~4.4M)
+MEASURE_FLOPS = 8e9  # a measurement uses at most this many FLOPs per call (rows capped), ~0.1-0.3 s on 2 cores
+SCHEMA = "t2l-kernels/1"
+GEMM_FLAGS = {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16"}
+
+
+def available() -> list[str]:
+    """The kernels this torch/numpy build can run."""
+    out = ["torch"]
+    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        out.append("onednn")
+    try:
+        import numpy  # noqa: F401
+
+        out.append("openblas")
+    except ImportError:  # pragma: no cover - numpy is a dependency of torch's CPU wheels in practice
+        pass
+    return out
+
+
+def gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, kernel: str) -> torch.Tensor:
+    """x [M, K] @ w[N, K]ᵀ (+ b) on the CPU with the named kernel (no gradient); `torch-*` names run F.linear."""
+    if kernel == "onednn":
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), w, b, "none", [], "")
+    if kernel == "openblas":
+        import numpy as np
+
+        y = torch.from_numpy(np.matmul(x.detach().numpy(), w.detach().numpy().T))
+        return y.add_(b) if b is not None else y
+    return F.linear(x, w, b)
+
+
+# ------------------------------------------------------------------------------------------------ stage timing
+
+Call = tuple[str, int, int, int, str, float, nn.Module]  # (stage, M, K, N, kernel, seconds, module)
+_TIMING: list[Call] | None = None
+
+
+@contextmanager
+def record() -> Iterator[list[Call]]:
+    """Record every KLinear inference call (stage, M, K, N, kernel, seconds, module) in this block (for `t2l bench`)."""
+    global _TIMING
+    prev, _TIMING = _TIMING, []
+    try:
+        yield _TIMING
+    finally:
+        _TIMING = prev
+
+
+class KLinear(nn.Linear):
+    """`nn.Linear` whose inference forward on the CPU runs on the kernel its policy picks (see the module doc)."""
+
+    policy = "torch"  # instance attribute once `configure` ran; the class default keeps training and tests on torch
+    stage = ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if (self.policy == "torch" and _TIMING is None) or torch.is_grad_enabled() or x.device.type != "cpu":
+            return F.linear(x, w, self.bias)
+        k = x.shape[-1]
+        x2 = x.reshape(-1, k)
+        label = ""
+        if x.dtype == w.dtype == torch.float32:
+            kernel = self.policy if self.policy != "auto" else choose(x2.shape[0], k, w.shape[0], w, self.bias)
+        elif x.dtype == w.dtype == torch.bfloat16:  # a bf16 encoder (`dtype: auto` on native bf16): torch's or oneDNN's bf16
+            label = "-bf16"
+            if self.policy == "auto":
+                kernel = choose(x2.shape[0], k, w.shape[0], w, self.bias)
+            else:
+                kernel = "onednn" if self.policy == "onednn" else "torch"
+        elif _TIMING is None:
+            return F.linear(x, w, self.bias)
+        else:
+            kernel, label = "torch", f"-{str(w.dtype).removeprefix('torch.')}"
+        if _TIMING is None:
+            y = gemm(x2, w, self.bias, kernel)
+        else:
+            t0 = time.perf_counter()
+            y = gemm(x2, w, self.bias, kernel)
+            _TIMING.append((self.stage, x2.shape[0], k, w.shape[0], kernel + label, time.perf_counter() - t0, self))
+        return y.view(*x.shape[:-1], w.shape[0])
+
+
+def configure(module: nn.Module, policy: str, stage: str | None = None) -> int:
+    """Set the kernel policy (and the stage name used in bench timings) of every KLinear in `module`; returns how many.
+
+    Raises:
+        ValueError: an unknown policy, or a kernel this build lacks.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"kernel must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if policy != "auto" and policy not in available():
+        raise ValueError(f"the {policy} kernel is not available in this torch/numpy build (available: {', '.join(available())})")
+    n = 0
+    for m in module.modules():
+        if isinstance(m, KLinear):
+            m.policy = policy
+            if stage is not None:
+                m.stage = stage
+            n += 1
+    return n
+
+
+# ------------------------------------------------------------------------------------------------ machine + cache
+
+
+def cpu_model_and_flags() -> tuple[str, list[str]]:
+    """The CPU model name and the ISA flags that decide GEMM speed (from /proc/cpuinfo; platform otherwise)."""
+    import platform
+
+    model, flags = "", []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                have = set(line.split(":", 1)[1].split())
+                flags = sorted(f for f in have if f in GEMM_FLAGS)
+    except OSError:
+        pass
+    return model or platform.processor() or platform.machine(), flags
+
+
+def fingerprint() -> dict[str, Any]:
+    """What a cached choice is valid for."""
+    import numpy
+
+    model, flags = cpu_model_and_flags()
+    return {"cpu": model, "flags": flags, "cores": os.cpu_count(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "threads": torch.get_num_threads()}
+
+
+def _key(fp: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_path() -> Path:
+    from t2lcli.models import t2l_home
+
+    return t2l_home() / "kernels.json"
+
+
+_CHOICES: dict[str, dict[str, str]] = {}  # fingerprint key -> {"rows:K:N": kernel}
+_FP: list[Any] = [None, None]  # (threads, key): the fingerprint is recomputed only when the thread count changes
+
+
+def _current_key() -> str:
+    threads = torch.get_num_threads()
+    if _FP[0] != threads:
+        _FP[0], _FP[1] = threads, _key(fingerprint())
+    return str(_FP[1])
+
+
+def _read_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(cache_path().read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) and data.get("schema") == SCHEMA else {"schema": SCHEMA, "machines": {}}
+    except (OSError, ValueError):
+        return {"schema": SCHEMA, "machines": {}}
+
+
+def _table(key: str) -> dict[str, str]:
+    table = _CHOICES.get(key)
+    if table is None:
+        entry = _read_cache().get("machines", {}).get(key) or {}
+        table = {s: c["kernel"] for s, c in (entry.get("choices") or {}).items()
+                 if isinstance(c, dict) and c.get("kernel") in AUTO_KERNELS and c.get("kernel") in available()}
+        _CHOICES[key] = table
+    return table
+
+
+def _save_choice(key: str, shape: str, kernel: str, times: dict[str, float]) -> None:
+    """Merge one choice into $T2L_HOME/kernels.json (locked, atomic); a read-only home only loses the cache."""
+    from t2lcli.engine.atomic import atomic_write_bytes, file_lock
+
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(path.with_name(".kernels.lock")):
+            data = _read_cache()
+            entry = data.setdefault("machines", {}).setdefault(key, {"fingerprint": fingerprint(), "choices": {}})
+            entry.setdefault("choices", {})[shape] = {"kernel": kernel, "ms": {k: round(v * 1000, 3) for k, v in times.items()},
+                                                      "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    except OSError:
+        pass
+
+
+def bucket(rows: int) -> int:
+    """Rows rounded up to a power of two (the shape class a choice is made for)."""
+    return 1 << max(0, rows - 1).bit_length()
+
+
+def time_gemm(fn: Callable[[], Any], budget_s: float = 0.3, reps: int = 3) -> float:
+    """Best-of wall time (s) of `fn` after one warm-up call; fewer repetitions when one call is slow."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    best = first
+    for _ in range(reps if first * reps < budget_s else 1):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure(rows: int, w: torch.Tensor, b: torch.Tensor | None, kernels: list[str] | None = None) -> dict[str, float]:
+    """Seconds per call of each kernel for a [rows, K] input on this weight (rows capped at MEASURE_FLOPS)."""
+    n, k = w.shape
+    rows = max(1, min(rows, max(8, int(MEASURE_FLOPS / (2 * k * n)))))
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(0)).to(w.dtype)
+    names = kernels or available()
+    best: dict[str, float] = {}
+    with torch.no_grad():
+        for rep in range(3):  # round-robin, best of each: a burst of other load does not hit one kernel only
+            for name in names:
+                best[name] = min(best.get(name, float("inf")), time_gemm(lambda name=name: gemm(x, w, b, name), reps=1))
+            if rep == 0 and min(best.values()) > 0.5:  # slow shapes (Llama-8B heads): one round is enough
+                break
+    return best
+
+
+def choose(rows: int, k: int, n: int, w: torch.Tensor, b: torch.Tensor | None) -> str:
+    """The kernel for an [rows, k] x [k, n] GEMM on this machine (measured once per shape class, then cached)."""
+    if 2 * rows * k * n < SMALL_FLOPS:
+        return "torch"
+    key = _current_key()
+    table = _table(key)
+    shape = f"{bucket(rows)}:{k}:{n}" + ("" if w.dtype == torch.float32 else f":{str(w.dtype).removeprefix('torch.')}")
+    kernel = table.get(shape)
+    if kernel is None:
+        times = measure(bucket(rows), w, b, [name for name in AUTO_KERNELS if name in available()])
+        kernel = min(times, key=lambda name: times[name])
+        table[shape] = kernel
+        _save_choice(key, shape, kernel, times)
+    return kernel
+
+

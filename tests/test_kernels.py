@@ -1,0 +1,198 @@
+"""The hot path's CPU kernels (t2lcli/engine/kernels.py): every kernel gives torch's numbers within fp32 rounding,
+the same kernel gives the same bytes, `auto` measures once per machine and caches the choice, training stays on torch.
+No test asserts which kernel is fastest (that depends on the CPU) or how fast anything is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from numeric import TINY_BERT_DEPTH, assert_close
+from torch.nn import functional as F
+
+from t2lcli.engine import kernels
+
+AVAILABLE = kernels.available()
+
+
+@pytest.mark.parametrize("kernel", AVAILABLE)
+@pytest.mark.parametrize("bias", [True, False])
+def test_gemm_matches_torch_linear(kernel: str, bias: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    for m, k, n in [(1, 7, 5), (30, 128, 512), (64, 384, 1536), (3, 512, 9216)]:
+        x = torch.randn(m, k, generator=g)
+        w = torch.randn(n, k, generator=g) * 0.05
+        b = torch.randn(n, generator=g) if bias else None
+        want = F.linear(x, w, b)
+        got = kernels.gemm(x, w, b, kernel)
+        assert got.shape == want.shape and got.dtype == torch.float32
+        assert_close(got, want, depth=1, msg=f"{kernel} {m}x{k}x{n}")
+        assert torch.equal(kernels.gemm(x, w, b, kernel), got)  # bitwise: the same kernel on the same inputs, same process
+
+
+@pytest.mark.parametrize("kernel", AVAILABLE)
+def test_klinear_strided_and_3d_inputs(kernel: str) -> None:
+    torch.manual_seed(0)
+    lin = kernels.KLinear(64, 96)
+    kernels.configure(lin, kernel)
+    x = torch.randn(2, 5, 128)[..., ::2]  # non-contiguous, 3-D
+    with torch.no_grad():
+        got = lin(x)
+        want = F.linear(x, lin.weight, lin.bias)
+    assert got.shape == (2, 5, 96)
+    assert_close(got, want, depth=1)
+
+
+@pytest.mark.parametrize("kernel", AVAILABLE)
+def test_training_stays_on_torch(kernel: str) -> None:
+    """With autograd on, every policy runs F.linear: gradients exist and equal torch's."""
+    torch.manual_seed(0)
+    lin = kernels.KLinear(16, 8)
+    kernels.configure(lin, kernel)
+    x = torch.randn(4, 16)
+    lin(x).square().sum().backward()
+    grad = lin.weight.grad.clone()
+    lin.weight.grad = None
+    F.linear(x, lin.weight, lin.bias).square().sum().backward()
+    assert torch.equal(grad, lin.weight.grad)  # bitwise: the same F.linear both times
+
+
+def test_configure_refuses_unknown_policy() -> None:
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        kernels.configure(kernels.KLinear(2, 2), "fastest")
+
+
+def _adapters(ckpt: Path, kernel: str, texts: list[str]) -> list[dict[str, torch.Tensor]]:
+    from t2lcli.engine.generate import Generator
+
+    gen = Generator.load(str(ckpt), kernel=kernel)
+    return [a.tensors for a in gen.generate(texts)]
+
+
+@pytest.mark.parametrize("kernel", [k for k in AVAILABLE if k != "torch"])
+def test_generate_same_numbers_whichever_kernel(tiny_checkpoint_dir: Path, kernel: str) -> None:
+    """A forced kernel runs every linear of the encoder and the hypernetwork (tiny shapes included); the adapters
+    agree with torch's within fp32 rounding (encoder + trunk + head: a BERT's depth plus the hypernet's ~8 linears)."""
+    texts = ["Classify the sentiment of a movie review.", "Translate English into French, keeping the tone."]
+    want = _adapters(tiny_checkpoint_dir, "torch", texts)
+    got = _adapters(tiny_checkpoint_dir, kernel, texts)
+    again = _adapters(tiny_checkpoint_dir, kernel, texts)
+    for w, g, a in zip(want, got, again, strict=True):
+        assert w.keys() == g.keys()
+        for key in w:
+            assert_close(g[key], w[key], depth=TINY_BERT_DEPTH + 10, msg=f"{kernel} {key}")
+            assert torch.equal(a[key], g[key])  # bitwise: the same kernel on the same inputs
+
+
+def test_forced_kernel_reaches_every_linear(tiny_checkpoint_dir: Path) -> None:
+    from t2lcli.engine.generate import Generator
+
+    gen = Generator.load(str(tiny_checkpoint_dir), kernel="onednn" if "onednn" in AVAILABLE else "torch")
+    with kernels.record() as calls:
+        gen.factors(gen.embed(["Answer math questions step by step."]))
+    stages = {c[0] for c in calls}
+    assert stages == {"encoder", "trunk", "heads"}
+    assert {c[4] for c in calls} == {gen.kernel}
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in gen.ckpt.hypernet.modules())
+    assert sum(c[0] in ("trunk", "heads") for c in calls) >= n_linear  # each trunk linear once per target module
+
+
+def test_auto_measures_once_and_caches_per_fingerprint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "_CHOICES", {})
+    measured: list[int] = []
+    real = kernels.measure
+
+    def counting(rows: int, w: torch.Tensor, b: torch.Tensor | None, names: list[str] | None = None) -> dict[str, float]:
+        measured.append(rows)
+        return real(rows, w, b, names)
+
+    monkeypatch.setattr(kernels, "measure", counting)
+    w, b = torch.randn(512, 256) * 0.05, torch.randn(512)
+    first = kernels.choose(30, 256, 512, w, b)
+    assert first in kernels.AUTO_KERNELS and measured == [32]  # rows rounded up to the shape class
+    assert kernels.choose(20, 256, 512, w, b) == first and measured == [32]  # same class: no new measurement
+    data = json.loads(kernels.cache_path().read_text())
+    entry = data["machines"][kernels._current_key()]  # the session's $T2L_HOME may hold other thread counts' entries too
+    assert entry["fingerprint"]["threads"] == torch.get_num_threads() and entry["fingerprint"]["cpu"]
+    assert entry["choices"]["32:256:512"]["kernel"] == first and set(entry["choices"]["32:256:512"]["ms"]) <= set(kernels.AUTO_KERNELS)
+    monkeypatch.setattr(kernels, "_CHOICES", {})  # a new process: the choice comes from $T2L_HOME, not a new measurement
+    assert kernels.choose(30, 256, 512, w, b) == first and measured == [32]
+    assert kernels.choose(4, 2, 2, w, b) == "torch"  # tiny GEMMs are never measured
+
+
+def test_auto_cache_is_keyed_by_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "_CHOICES", {})
+    threads = torch.get_num_threads()
+    w = torch.randn(512, 256)
+    try:
+        kernels.choose(32, 256, 512, w, None)
+        torch.set_num_threads(1 if threads > 1 else 2)
+        kernels.choose(32, 256, 512, w, None)
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads(kernels.cache_path().read_text())
+    assert {e["fingerprint"]["threads"] for e in data["machines"].values()} >= {threads, 1 if threads > 1 else 2}
+
+
+def test_corrupt_cache_is_remeasured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "_CHOICES", {})
+    kernels.cache_path().parent.mkdir(parents=True, exist_ok=True)
+    kernels.cache_path().write_text("{not json")
+    assert kernels.choose(32, 256, 512, torch.randn(512, 256), None) in kernels.AUTO_KERNELS
+    assert json.loads(kernels.cache_path().read_text())["schema"] == kernels.SCHEMA
+
+
+def test_profile_kernel_key() -> None:
+    from t2lcli.errors import ProfileError
+    from t2lcli.hardware import KERNEL_POLICIES, load_profile
+
+    assert KERNEL_POLICIES == kernels.POLICIES  # hardware.py stays torch-free, so it keeps its own copy
+    assert load_profile("cpu").kernel == "auto"
+    assert load_profile("cpu", ["kernel=onednn"]).kernel == "onednn"
+    with pytest.raises(ProfileError, match="kernel: 'fastest' is not one of auto, torch, onednn, openblas"):
+        load_profile("cpu", ["kernel=fastest"])
+
+
+def test_generate_cli_forced_kernel(runner, cli_app, tiny_checkpoint_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    outs = {}
+    for kernel in AVAILABLE:
+        out = tmp_path / kernel
+        res = runner.invoke(cli_app, ["generate", "Summarize a news article.", "-c", str(tiny_checkpoint_dir), "-o", str(out),
+                                      "--set", f"kernel={kernel}"])
+        assert res.exit_code == 0, res.output
+        outs[kernel] = load_file(str(out / "adapter_model.safetensors"))
+    for kernel, tensors in outs.items():
+        for key, want in outs["torch"].items():
+            assert_close(tensors[key], want, depth=TINY_BERT_DEPTH + 10, msg=f"{kernel} {key}")
+    res = runner.invoke(cli_app, ["generate", "Summarize a news article.", "-c", str(tiny_checkpoint_dir), "-o", str(tmp_path / "bad"),
+                                  "--set", "kernel=fastest"])
+    assert res.exit_code != 0 and "kernel" in res.stderr and "Traceback" not in res.output
+    assert not (tmp_path / "bad").exists()
+
+
+def test_bf16_stage_is_recorded_and_gets_a_bf16_floor() -> None:
+    """A bf16 encoder (`encoder.dtype: auto` on a native-bf16 CPU) runs torch's bf16 linear; bench floors it in bf16."""
+    from t2lcli.engine.bench import _stage_floor
+
+    lin = kernels.KLinear(64, 32).to(torch.bfloat16)
+    kernels.configure(lin, "auto", "encoder")
+    with torch.no_grad(), kernels.record() as calls:
+        y = lin(torch.randn(4, 64).to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and [c[4] for c in calls] == ["torch-bf16"]  # tiny: never measured
+    with torch.no_grad():
+        big = kernels.KLinear(512, 1024).to(torch.bfloat16)
+        kernels.configure(big, "auto", "encoder")
+        x = torch.randn(20, 512).to(torch.bfloat16)
+        with kernels.record() as big_calls:
+            got = big(x)
+        assert_close(got, F.linear(x, big.weight, big.bias), depth=1)
+    assert big_calls[0][4] in ("torch-bf16", "onednn-bf16")
+    entry = json.loads(kernels.cache_path().read_text())["machines"][kernels._current_key()]
+    assert "32:512:1024:bfloat16" in entry["choices"]
+    out = _stage_floor(calls, ["torch", "onednn", "torch-bf16"], {})
+    assert out["encoder"]["dtype"] == "bfloat16" and out["encoder"]["gemms"] == 1
+    assert set(out["encoder"]["floor_kernels"]) <= {"torch-bf16", "onednn-bf16"} and out["encoder"]["floor_ms"] > 0
