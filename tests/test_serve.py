@@ -63,7 +63,7 @@ def test_openai_client_with_and_without_description(srv: LiveServer):
     first = client.chat.completions.create(model=srv.base, messages=[{"role": "user", "content": PROMPT}], max_tokens=12, temperature=0,
                                            extra_body={"t2l": {"description": DESC}})
     info = first.model_extra["t2l"]
-    assert len(info["adapter_id"]) == 32 and info["cached"] is False and info["generate_ms"] > 0
+    assert len(info["adapter_id"]) == 64 and info["cached"] is False and info["generate_ms"] > 0
     assert first.model == f"t2l:{info['adapter_id']}"
     again = client.chat.completions.create(model=srv.base, messages=[{"role": "user", "content": PROMPT}], max_tokens=12, temperature=0,
                                            extra_body={"t2l": {"description": DESC}})
@@ -165,6 +165,16 @@ def test_adapter_routes_and_download_matches_generate(srv: LiveServer, http: htt
     assert res.exit_code == 0, res.output
     assert zf.read(names["adapter_model.safetensors"]) == (tmp_path / "gen" / "adapter_model.safetensors").read_bytes()
     assert json.loads(zf.read(names["adapter_config.json"])) == json.loads((tmp_path / "gen" / "adapter_config.json").read_text())
+    # one id everywhere: serve's id is the sha256 that `t2l generate --json` reports (and the vLLM resolver's id)
+    from t2lcli.engine.adapters import tensors_sha256
+    from t2lcli.engine.vllm_resolver import adapter_id
+
+    gen_json = runner.invoke(cli_app, ["generate", DESC, "-o", str(tmp_path / "gen2"), "--checkpoint", str(tiny_checkpoint_dir), "--json"])
+    assert gen_json.exit_code == 0, gen_json.output
+    sha = json.loads(gen_json.stdout)["sha256"]
+    assert ad["id"] == sha == tensors_sha256(tmp_path / "gen" / "adapter_model.safetensors") == adapter_id(tmp_path / "gen2" / "adapter_model.safetensors")
+    assert http.get(f"/v1/adapters/{sha[:12]}").json()["id"] == sha  # a unique prefix names it too
+    assert_error(http.get(f"/v1/adapters/{sha[:11]}"), 404, "adapter_not_found")  # shorter than 12 hex digits: no lookup
 
     assert http.delete(f"/v1/adapters/{other}").json() == {"id": other, "object": "adapter", "deleted": True}
     assert_error(http.get(f"/v1/adapters/{other}"), 404, "adapter_not_found")
@@ -245,7 +255,8 @@ def test_mixed_adapters_in_one_batch_equal_one_at_a_time(srv: LiveServer, http: 
 
 def test_cache_lru_eviction_dedup_and_in_use(tiny_checkpoint_dir: Path):
     with LiveServer(tiny_engine(tiny_checkpoint_dir, max_adapters=2)) as s, httpx.Client(base_url=s.url, timeout=60) as c:
-        ids = [c.post("/v1/adapters", json={"description": d}).json()["id"] for d in (DESC, DESC2, "classify sentiment of reviews")]
+        ids = [c.post("/v1/adapters", json={"description": d}).json()["id"] for d in (DESC, DESC2, "sort a list of numbers")]
+        assert len(set(ids)) == 3  # ids are content hashes: the tiny checkpoint gives some descriptions the same weights
         assert_error(c.get(f"/v1/adapters/{ids[0]}"), 404, "adapter_not_found")  # least recently used went first
         assert c.get(f"/v1/adapters/{ids[2]}").status_code == 200
         assert s.engine.cache.evictions == 1
@@ -312,9 +323,9 @@ def _bad_inputs(base: str) -> list[tuple[str, str, object, int, str]]:
         ("bad role", "/v1/chat/completions", {"model": base, "messages": [{"role": "robot", "content": "x"}]}, 400, "invalid_value"),
         ("missing model", "/v1/chat/completions", {"messages": msg}, 400, "invalid_value"),
         ("unknown model", "/v1/chat/completions", {"model": "gpt-4", "messages": msg}, 404, "model_not_found"),
-        ("unknown t2l id", "/v1/chat/completions", {"model": "t2l:" + "0" * 32, "messages": msg}, 404, "adapter_not_found"),
+        ("unknown t2l id", "/v1/chat/completions", {"model": "t2l:" + "0" * 64, "messages": msg}, 404, "adapter_not_found"),
         ("t2l id with a path", "/v1/chat/completions", {"model": "t2l:../../etc/passwd", "messages": msg}, 404, "adapter_not_found"),
-        ("id and description", "/v1/chat/completions", {"model": "t2l:" + "0" * 32, "messages": msg, "t2l": {"description": DESC}}, 400,
+        ("id and description", "/v1/chat/completions", {"model": "t2l:" + "0" * 64, "messages": msg, "t2l": {"description": DESC}}, 400,
          "invalid_value"),
         ("empty description", "/v1/chat/completions", {"model": base, "messages": msg, "t2l": {"description": "  "}}, 400, "invalid_description"),
         ("oversized description", "/v1/chat/completions", {"model": base, "messages": msg, "t2l": {"description": "a" * 20001}}, 400,

@@ -92,7 +92,7 @@ def test_page_makes_adapter_and_compares_answers(server, browser, tmp_path: Path
     drv.find_element("id", "make-adapter").click()
     _wait(drv, ec.visibility_of_element_located(("id", "adapter-id")))
     adapter_id = _text(drv, "adapter-id")
-    assert len(adapter_id) == 32 and int(adapter_id, 16) >= 0
+    assert len(adapter_id) == 64 and int(adapter_id, 16) >= 0
     assert _text(drv, "adapter-ms").split()[0].replace(".", "", 1).isdigit()
     assert _text(drv, "adapter-error") == ""
     status, info = _get(server, f"/v1/adapters/{adapter_id}")

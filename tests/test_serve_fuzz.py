@@ -98,8 +98,8 @@ JSON_ANY = st.one_of(JSON_SCALAR, st.lists(JSON_SCALAR, max_size=3), st.dictiona
                     st.lists(st.lists(JSON_SCALAR, max_size=2), max_size=2), st.dictionaries(st.text(max_size=3), st.lists(JSON_SCALAR, max_size=2),
                                                                                             max_size=2))
 HEX = "0123456789abcdef"
-IDS = st.one_of(st.text(alphabet=HEX, min_size=32, max_size=32), st.text(alphabet=ANY_CHAR, max_size=12),
-                st.sampled_from(["", "../../etc/passwd", "/etc/passwd", "..", "%2e%2e", "x" * 5000, "A" * 32, "0" * 31, "0" * 33,
+IDS = st.one_of(st.text(alphabet=HEX, min_size=12, max_size=64), st.text(alphabet=ANY_CHAR, max_size=12),
+                st.sampled_from(["", "../../etc/passwd", "/etc/passwd", "..", "%2e%2e", "x" * 5000, "A" * 64, "0" * 11, "0" * 63, "0" * 65,
                                  "C:\\windows", "~root", "t2l:", "\x00", "default"]))
 MODELS = st.one_of(st.just(BASE), st.just(BASE), st.builds(lambda i: "t2l:" + i, IDS), st.text(alphabet=ANY_CHAR, max_size=30),
                    st.sampled_from(["gpt-4o", "", " ", BASE.upper(), "t2l", "T2L:abc", "../model", "/tmp/x"]), JSON_SCALAR)

@@ -65,3 +65,23 @@ def test_register_is_a_no_op_unless_vllm_plugins_names_t2l(monkeypatch):
     vr.register()  # returns before importing vLLM (not installed in the main venv)
     monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver, t2l")
     assert vr.enabled()
+
+
+def test_cpu_kv_cache_is_sized_for_the_model_not_for_all_ram(tmp_path, monkeypatch):
+    """vLLM's CPU worker reserves 92% of RAM for its KV cache unless told a size; `t2l eval --backend vllm` tells it one."""
+    from t2lcli.engine import vllm_compat as vc
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    cfg = {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096}  # Llama-8B shapes
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setattr(vc, "_mem_available", lambda: 64 * vc.GIB)
+    per_token = 2 * 32 * 8 * 128 * 2  # K and V, bf16
+    assert vc.kv_cache_bytes_cpu(tmp_path, 4096, "bfloat16") == per_token * 4096 * 8  # 8 full sequences: 4 GiB
+    assert vc.kv_cache_bytes_cpu(tmp_path, 4096, "float32") == 8 * vc.GIB  # 8 GiB wanted, at the cap
+    monkeypatch.setattr(vc, "_mem_available", lambda: 6 * vc.GIB)
+    assert vc.kv_cache_bytes_cpu(tmp_path, 4096, "bfloat16") == 6 * vc.GIB // 4  # never more than a quarter of free memory
+    monkeypatch.setattr(vc, "_mem_available", lambda: vc.GIB)
+    assert vc.kv_cache_bytes_cpu(tmp_path, 256, "bfloat16") == vc.GIB // 2  # the floor
+    assert vc.kv_cache_bytes_cpu(tmp_path / "missing", 4096, "float32") == vc.GIB // 2
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
+    assert vc.kv_cache_bytes_cpu(tmp_path, 4096, "float32") is None  # vLLM's own setting wins

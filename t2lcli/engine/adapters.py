@@ -123,6 +123,15 @@ def tensors_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def adapter_sha256(adapter: Adapter, dtype: torch.dtype | None = None) -> str:
+    """An adapter's id without writing it: the sha256 of the `adapter_model.safetensors` that `save_adapter` writes
+    (the `sha256` of `t2l generate --json`; `t2l serve` and the vLLM resolver use the same content hash)."""
+    from safetensors.torch import save
+
+    tensors = {k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous() for k, v in sorted(adapter.tensors.items())}
+    return hashlib.sha256(save(tensors, metadata={"format": "pt"})).hexdigest()
+
+
 def model_card(adapter: Adapter) -> str:
     """README.md for an adapter: description, base, scaling and provenance. Deterministic (no timestamps)."""
     c, m = adapter.config, adapter.meta

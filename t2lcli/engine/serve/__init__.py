@@ -41,6 +41,8 @@ client input, 401 for a missing/wrong key, 413 for a body over 1 MiB, 503 + `Ret
                                 t2l_tokens_per_second, t2l_queue_depth, t2l_batch_size, t2l_adapter_cache_{size,bytes}
     GET  /                      the web page (static/index.html of this package); /static/* its files
 
-The adapter id is the first 32 hex digits of sha256(checkpoint sha256, description, scale, scaling): the same
-description always maps to the same adapter. With --api-key-file every /v1 route needs `Authorization: Bearer KEY`.
+An adapter's id is the sha256 of the float32 `adapter_model.safetensors` that `t2l generate` writes for it (the
+`sha256` of `t2l generate --json`, and the id the vLLM resolver answers `t2l:<id>` with); `t2l:<id>` also takes a unique
+prefix of 12+ hex digits. The same checkpoint, description, scale and scaling map to the same cached adapter.
+With --api-key-file every /v1 route needs `Authorization: Bearer KEY`.
 """

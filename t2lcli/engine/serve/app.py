@@ -32,7 +32,7 @@ from t2lcli.errors import T2LError
 
 MAX_BODY_BYTES = 1 << 20
 STATIC = Path(__file__).parent / "static"
-_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID = re.compile(r"^[0-9a-f]{12,64}$")  # an adapter id (64 hex digits) or a unique prefix of one
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/adapters", "/health", "/metrics", "/")
 
 
@@ -264,16 +264,16 @@ def create_app(engine: ServeEngine, api_key: str | None = None, metrics: Metrics
         if problem:
             raise ApiError(400, problem, "invalid_description", param=param)
         description = valid_text(description)
-        aid = engine.adapter_id(description, scale, scaling)
-        fut, owner = engine.cache.claim(aid)
+        key = engine.request_key(description, scale, scaling)
+        fut, owner = engine.cache.claim(key)
         if owner:
             metrics.cache_misses.inc()
 
             def produce() -> None:
                 try:
-                    engine.cache.fulfil(engine.make_adapter(aid, description, scale, scaling, name))
+                    engine.cache.fulfil(engine.make_adapter(description, scale, scaling, name), key)
                 except BaseException as exc:
-                    engine.cache.fail(aid, exc)
+                    engine.cache.fail(key, exc)
 
             asyncio.get_running_loop().run_in_executor(None, produce)  # independent of this request's lifetime
         else:

@@ -117,13 +117,16 @@ class ServeEngine:
 
     # ---- adapters -------------------------------------------------------------------------------------------
 
-    def adapter_id(self, description: str, scale: float, scaling: str) -> str:
+    def request_key(self, description: str, scale: float, scaling: str) -> str:
+        """What a request asks for, known before generating: matches requests to cached entries (not their id)."""
         ck = self.gen.ckpt
         key = json.dumps([ck.sha256 or str(ck.path), description, float(scale), scaling], ensure_ascii=False)
         return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
-    def make_adapter(self, adapter_id: str, description: str, scale: float, scaling: str, name: str | None) -> CacheEntry:
-        """Generate one adapter in memory (no disk): what `t2l generate` writes for the same description."""
+    def make_adapter(self, description: str, scale: float, scaling: str, name: str | None) -> CacheEntry:
+        """Generate one adapter in memory (no disk): what `t2l generate` writes for the same description, under the id
+        `t2l generate --json` reports for it (the sha256 of its float32 safetensors file)."""
+        from t2lcli.engine.adapters import adapter_sha256
         from t2lcli.engine.generate import GenerateOptions
         from t2lcli.engine.lora_hooks import adapter_factors
 
@@ -140,7 +143,7 @@ class ServeEngine:
                 "generate_ms": round(ms, 3), "created": int(time.time())}
         if self.metrics:
             self.metrics.adapter_ms.observe(ms)
-        return CacheEntry(adapter_id, adapter, factors, adapter.scaling, nbytes, info)
+        return CacheEntry(adapter_sha256(adapter, torch.float32), adapter, factors, adapter.scaling, nbytes, info)
 
     # ---- prompts --------------------------------------------------------------------------------------------
 
