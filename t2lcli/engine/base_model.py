@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from t2lcli.hardware import ComponentSettings
 
 ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 SUPPORTED_TYPES = ("llama", "mistral", "gemma", "gemma2", "gemma3", "gemma3_text", "qwen2", "qwen3")
 
 
