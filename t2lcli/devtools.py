@@ -79,7 +79,7 @@ def command_tree() -> tuple[list[Opt], list[Cmd]]:
 
     root = [_opt(p) for p in group.params if getattr(p, "param_type_name", "") == "option" and not _hidden(p)]
     cmds = []
-    for name, cmd in group.commands.items():
+    for name, cmd in getattr(group, "commands", {}).items():
         if name not in BUILTIN_COMMANDS or getattr(cmd, "hidden", False):
             continue
         opts = [_opt(p) for p in cmd.params if p.param_type_name == "option" and not _hidden(p)]
