@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.t2l-installed
 
-.PHONY: demo models test test-kernels test-slow test-engines vllm-cpu llamacpp lint install browser-deps serve-load train-default train-default-lora ship-default eval-default similarity-default bench completions docs clean
+.PHONY: demo models test test-kernels test-slow test-engines vllm-cpu llamacpp lint install browser-deps serve-load train-default train-default-lora ship-default eval-default similarity-default bench completions docs docs-site clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -120,6 +120,13 @@ completions: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python -m t2lcli.devtools docs
+
+## make docs-site: the documentation site (MkDocs, Material theme) into site/; --strict (without --quiet, which hides the
+## warnings strict mode counts): a broken link, a missing anchor or a page missing
+## from the nav fails
+docs-site: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	@echo "docs-site: site/index.html ($$(find site -name '*.html' | wc -l) pages)"
 
 train-default: $(STAMP)
 	$(BIN)/t2l train t2lcli/recipes/default.yaml --output runs/default --resume

@@ -1,4 +1,4 @@
-"""The standard `t2l bench` set, written to benchmarks/results.json + results.md and spliced into README.md.
+"""The standard `t2l bench` set, written to benchmarks/results.json + results.md and spliced into docs/bench.md.
 
     python benchmarks/run.py            # or: make bench
     python benchmarks/run.py --quick    # fewer repetitions (a smoke run)
@@ -111,7 +111,7 @@ def markdown(reports: list[dict]) -> str:
 
 
 def splice_readme(md: str) -> None:
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs" / "bench.md"
     text = readme.read_text(encoding="utf-8")
     block = f"{BEGIN}\n\n{md}\n{END}"
     if BEGIN in text and END in text:
@@ -125,7 +125,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--only", help="comma-separated shapes to run (default: the standard set)")
-    ap.add_argument("--render", action="store_true", help="only re-render results.md and README from results.json")
+    ap.add_argument("--render", action="store_true", help="only re-render results.md and docs/bench.md from results.json")
     args = ap.parse_args()
     if args.render:
         from t2lcli.engine.bench import evaluate_targets
@@ -151,7 +151,7 @@ def main() -> int:
     md = markdown(reports)
     (HERE / "results.md").write_text(md)
     splice_readme(md)
-    print(f"wrote benchmarks/results.json, benchmarks/results.md and README.md in {time.time() - t0:.0f} s", file=sys.stderr)
+    print(f"wrote benchmarks/results.json, benchmarks/results.md and docs/bench.md in {time.time() - t0:.0f} s", file=sys.stderr)
     return 0
 
 

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any
 
-_state = {"verbose": 0}
+_state: dict[str, Any] = {"verbose": 0}
 
 
 def set_verbosity(level: int) -> None:

@@ -89,3 +89,7 @@ def show_key(key: Any, limit: int = 60) -> str:
     if isinstance(key, str) and key.replace(".", "_").replace("-", "_").isidentifier() and len(key) <= limit:
         return key
     return show_value(key, limit)
+
+
+class RankLimitError(T2LError):
+    """An adapter's rank is above what the target runtime accepts."""

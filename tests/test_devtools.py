@@ -1,4 +1,4 @@
-"""Generated artefacts stay in sync with the live app: completions/*, the README command reference, help examples."""
+"""Generated artefacts stay in sync with the live app: completions/*, the command reference page (docs/reference.md), the docs home page, help examples."""
 
 from __future__ import annotations
 
@@ -28,11 +28,28 @@ def help_texts() -> dict[str, str]:
     return devtools.help_texts()
 
 
-def test_readme_command_reference_matches_the_app(help_texts: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_command_reference_page_matches_the_app(help_texts: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(devtools, "help_texts", lambda: help_texts)
+    page = devtools.REFERENCE.read_text(encoding="utf-8")
+    assert devtools.BEGIN in page and devtools.END in page, f"docs/reference.md has no command reference: {FIX}"
+    assert devtools.readme_with_reference(page, devtools.command_reference()) == page, f"docs/reference.md drifted: {FIX}"
+
+
+def test_readme_is_a_landing_page() -> None:
+    """README.md stays short (what it is, install, the two commands, quick start, a headline result, links); the
+    rest lives in docs/ pages, and every docs/ link in it names a page that exists."""
+    import re
+
     readme = devtools.README.read_text(encoding="utf-8")
-    assert devtools.BEGIN in readme and devtools.END in readme, f"README has no command reference: {FIX}"
-    assert devtools.readme_with_reference(readme, devtools.command_reference()) == readme, f"README command reference drifted: {FIX}"
+    assert len(readme.encode()) <= 12 * 1024, f"README.md is {len(readme.encode())} bytes: move detail into docs/"
+    pages = re.findall(r"\]\(docs/([^)#]+)\)", readme)
+    assert pages and all((devtools.ROOT / "docs" / p).is_file() for p in pages), pages
+
+
+def test_docs_home_page_is_the_readme() -> None:
+    index = devtools.INDEX.read_text(encoding="utf-8")
+    assert index == devtools.index_page(devtools.README.read_text(encoding="utf-8")), f"docs/index.md drifted: {FIX}"
+    assert "](docs/" not in index and "](reference.md)" in index
 
 
 def test_reference_does_not_depend_on_the_terminal(help_texts: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,14 +118,19 @@ def test_devtools_check_reports_stale(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(devtools, "help_texts", lambda: help_texts)
     monkeypatch.setattr(devtools, "COMPLETIONS_DIR", tmp_path / "completions")
     readme = tmp_path / "README.md"
-    readme.write_text("# t2l\n")
+    readme.write_text("# t2l\n\nSee [the reference](docs/reference.md) and [the demo](demo/tasks.jsonl).\n")
     monkeypatch.setattr(devtools, "README", readme)
+    monkeypatch.setattr(devtools, "REFERENCE", tmp_path / "docs" / "reference.md")
+    monkeypatch.setattr(devtools, "INDEX", tmp_path / "docs" / "index.md")
     monkeypatch.setattr(devtools, "ROOT", tmp_path)
-    assert set(devtools.stale()) == {"completions/t2l.bash", "completions/t2l.zsh", "completions/t2l.fish", "README.md (command reference)"}
+    assert set(devtools.stale()) == {"completions/t2l.bash", "completions/t2l.zsh", "completions/t2l.fish",
+                                     "docs/reference.md (command reference)", "docs/index.md (from README.md)"}
     assert devtools.main(["completions"]) == 0 and devtools.main(["docs"]) == 0
     assert devtools.stale() == []
-    text = readme.read_text()
-    assert text.startswith("# t2l\n") and "## Command reference" in text and "### `t2l bench`" in text
+    text = (tmp_path / "docs" / "reference.md").read_text()
+    assert text.startswith("# Command reference\n") and "## `t2l bench`" in text
+    index = (tmp_path / "docs" / "index.md").read_text()
+    assert "[the reference](reference.md)" in index and "the demo (`demo/tasks.jsonl`)" in index
     assert devtools.main(["bogus"]) == 2
 
 

@@ -1,4 +1,4 @@
-"""Every example in `t2l --help`, every command's `--help` and every README block marked runnable runs as written.
+"""Every example in `t2l --help`, every command's `--help` and every README or docs block marked runnable runs as written.
 
 Help examples are extracted from the command modules; README blocks are run only when the line before the fence is
 `<!-- runnable ... -->` (other sections are documentation, not tests). Each help example is fast (here, in
@@ -86,9 +86,11 @@ def tier(cmd: str) -> str:
 
 
 def readme_blocks(slow: bool) -> list[tuple[str, str]]:
-    """(language, code) of every README block whose fence follows a `<!-- runnable ... -->` line; `<!-- runnable slow
-    ... -->` blocks (they load the base model) only with slow=True."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    """(language, code) of every block in README.md and the docs pages whose fence follows a `<!-- runnable ... -->`
+    line; `<!-- runnable slow ... -->` blocks (they load the base model) only with slow=True. docs/index.md is README.md
+    again (generated), so it is not read twice."""
+    pages = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "index.md")]
+    text = "\n".join(p.read_text(encoding="utf-8") for p in pages)
     found = re.finditer(r"^<!-- runnable( slow)?[^\n]*-->\n```(bash|python)\n(.*?)^```", text, re.S | re.M)
     return [(m.group(2), m.group(3)) for m in found if bool(m.group(1)) == slow]
 

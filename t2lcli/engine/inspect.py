@@ -114,7 +114,7 @@ def inspect_adapter(path: Path) -> dict[str, Any]:
     from t2lcli.engine.adapters import load_adapter
 
     ad = load_adapter(path)
-    rows = []
+    rows: list[dict[str, Any]] = []
     zero_blocks = 0
     total_sq = 0.0
     for prefix, (a, b) in _blocks(ad).items():
@@ -423,8 +423,8 @@ def expand_adapters(paths: list[str]) -> list[Path]:
             raise InputError(f"{p} is not a PEFT adapter folder", hint="--similarity and --plot compare PEFT adapter folders")
         result.extend(subs)
     seen: dict[Path, None] = {}
-    for p in result:
-        seen.setdefault(p.resolve(), None)
+    for folder in result:
+        seen.setdefault(folder.resolve(), None)
     if len(seen) < 2:
         raise InputError("--similarity and --plot need at least two adapters", hint="t2l inspect out/a out/b --similarity")
     return list(seen)
@@ -463,7 +463,7 @@ def similarity(paths: list[str], space: str = "delta_w", trust_remote_code: bool
     else:
         raise InputError(f"unknown --space '{space}'", hint="use delta_w (default) or embedding")
     m = _cosine(gram)
-    result = {"kind": "similarity", "space": space, "names": _names(folders), "paths": [str(p) for p in folders],
+    result: dict[str, Any] = {"kind": "similarity", "space": space, "names": _names(folders), "paths": [str(p) for p in folders],
               "matrix": [[round(float(x), 4) for x in row] for row in m]}
     grouping = _task_labels(folders, metas)
     groups = _group_summary(m, _cosine(_center(gram)), *grouping) if grouping else None
@@ -581,7 +581,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
 def _sketch(blocks: dict[str, tuple[torch.Tensor, torch.Tensor]], keys: list[str], seed: int = 0) -> torch.Tensor:
     """Concatenated per-block sketches UᵀΔWV / SKETCH (Gaussian U, V fixed by `seed` and the block's shape):
     E<sketch(X), sketch(Y)> = <X, Y>, computed as (UᵀB)(AV) without forming ΔW."""
-    parts = []
+    parts: list[torch.Tensor | None] = []
     for key in keys:
         if key not in blocks:
             parts.append(None)

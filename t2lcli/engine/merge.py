@@ -42,9 +42,20 @@ import torch
 
 from t2lcli import __version__
 from t2lcli import models as registry
-from t2lcli.engine.adapters import CONFIG_NAME, WEIGHTS_NAME, Adapter, load_adapter, model_card, peft_config, tensors_sha256
+from t2lcli.engine.adapters import (  # noqa: F401  (fold_scale, write_peft, provenance_section: their home is adapters)
+    WEIGHTS_NAME,
+    Adapter,
+    fold_scale,
+    folded,
+    load_adapter,
+    peft_config,
+    provenance_section,
+    scale_one_config,
+    tensors_sha256,
+    write_peft,
+)
 from t2lcli.engine.atomic import atomic_dir, check_output_free
-from t2lcli.errors import InputError, ShapeMismatchError, T2LError, show_value
+from t2lcli.errors import InputError, RankLimitError, ShapeMismatchError, T2LError, show_value  # noqa: F401  (re-exported)
 from t2lcli.text import check_description
 
 if TYPE_CHECKING:
@@ -54,10 +65,6 @@ METHODS = ("linear", "cat", "svd", "ties", "dare")
 DEFAULT_DENSITY = {"ties": 0.2, "dare": 0.5}
 RANK_TOL = 1e-6  # linear: singular values below RANK_TOL·σ_max are numerically zero
 MIX_SPACE = "task-encoder output z (hypernet.encode), weights normalised to sum 1"
-
-
-class RankLimitError(T2LError):
-    """An adapter's rank is above what the target runtime accepts."""
 
 
 @dataclass
@@ -144,13 +151,6 @@ def _base_key(name: str | None) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------- factor algebra
-
-
-def folded(adapter: Adapter, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, s·B) in float32 for one module: the effective scale folded into B."""
-    a = adapter.tensors[f"{prefix}.lora_A.weight"].float()
-    b = adapter.tensors[f"{prefix}.lora_B.weight"].float() * adapter.scaling
-    return a, b
 
 
 def svd_from_factors(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -319,24 +319,6 @@ def combine(
     return out, rank, stats
 
 
-def scale_one_config(r: int, target_modules: list[str], base_model: str | None) -> dict[str, Any]:
-    """adapter_config.json for an adapter whose scale is folded in: lora_alpha = r (an integer), no rsLoRA."""
-    cfg = peft_config(r, r, target_modules, base_model, use_rslora=False)
-    cfg["lora_alpha"] = int(r)
-    return cfg
-
-
-def fold_scale(adapter: Adapter) -> Adapter:
-    """The same ΔW with the effective scale folded into B and a scale-1.0 config (lora_alpha=r, use_rslora=false)."""
-    tensors: dict[str, torch.Tensor] = {}
-    for p in adapter.prefixes():
-        a, b = folded(adapter, p)
-        tensors[f"{p}.lora_A.weight"], tensors[f"{p}.lora_B.weight"] = a.contiguous(), b.contiguous()
-    cfg = {**adapter.config, **scale_one_config(adapter.r, adapter.modules(), adapter.config.get("base_model_name_or_path"))}
-    meta = {**adapter.meta, "source_scaling": adapter.scaling}
-    return Adapter(cfg, tensors, meta)
-
-
 # --------------------------------------------------------------------------------------------- descriptions
 
 
@@ -387,34 +369,6 @@ def mix_descriptions(
 
 
 # --------------------------------------------------------------------------------------------- writing
-
-
-def provenance_section(prov: dict[str, Any]) -> str:
-    lines = ["## Provenance", ""]
-    for k, v in prov.items():
-        if isinstance(v, list) and v and isinstance(v[0], dict):
-            lines.append(f"- **{k}**:")
-            for item in v:
-                lines.append("  - " + ", ".join(f"{ik}: {iv}" for ik, iv in item.items() if iv is not None))
-        elif v is not None:
-            lines.append(f"- **{k}**: {v}")
-    lines += ["", "```json", json.dumps(prov, indent=2, ensure_ascii=False, default=str), "```", ""]
-    return "\n".join(lines)
-
-
-def write_peft(adapter: Adapter, out_dir: Path, force: bool, prov: dict[str, Any], extra_card: str = "") -> Path:
-    """A PEFT folder (atomic) whose README is the adapter card plus provenance."""
-    from t2lcli.engine.atomic import write_safetensors
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in sorted(adapter.tensors.items())}
-    meta = {**adapter.meta, "tool_version": __version__, "merge": prov}
-    with atomic_dir(out_dir, force=force) as tmp:
-        write_safetensors(tensors, tmp / WEIGHTS_NAME)
-        (tmp / CONFIG_NAME).write_text(json.dumps(adapter.config, indent=2, sort_keys=True) + "\n")
-        card = model_card(Adapter(adapter.config, tensors, meta)) + "\n" + extra_card + provenance_section(prov)
-        (tmp / "README.md").write_text(card)
-        (tmp / "t2l_adapter.json").write_text(json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
-    return out_dir
 
 
 def source_info(path: str, adapter: Adapter, weight: float | None = None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import torch
 
 from t2lcli.engine.adapters import tensors_sha256
 from t2lcli.engine.base_model import ModelShape, ModuleShape
+from t2lcli.engine.checkpoint_model import T2LCheckpoint, materialize
 from t2lcli.engine.encoder import EncoderSpec, encoder_spec_for
 from t2lcli.engine.hypernet import HyperLoRA, HyperNetConfig
 from t2lcli.errors import CheckpointError, format_problems, show_value
@@ -300,10 +301,9 @@ def config_from_official(folder: Path) -> tuple[HyperNetConfig, dict[str, Any], 
 
 
 
-def load_official(folder: Path) -> Any:
+def load_official(folder: Path) -> T2LCheckpoint:
     """Load an official folder as a `T2LCheckpoint` (strict; every problem listed at once)."""
     from t2lcli.console import warn
-    from t2lcli.engine.checkpoint import T2LCheckpoint, materialize
 
     cfg, args, adapter, sd, problems = config_from_official(folder)
     spec = encoder_spec_from_args(str(args["emb_model"]), cfg.emb_dim)

@@ -174,7 +174,7 @@ def _joinable(cache: Any) -> bool:
     """New rows can be merged into this cache: plain dynamic layers only (no sliding windows, no static buffers)."""
     from transformers.cache_utils import DynamicLayer
 
-    layers = getattr(cache, "layers", None)
+    layers = getattr(cache, "layers", None) or []
     return bool(layers) and all(type(layer) is DynamicLayer and layer.keys is not None and layer.keys.dim() == 4 for layer in layers)
 
 
