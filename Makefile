@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.t2l-installed
 
-.PHONY: demo models test test-kernels test-slow test-engines vllm-cpu llamacpp lint install browser-deps serve-load train-default train-default-lora ship-default eval-default similarity-default bench completions docs docs-site clean
+.PHONY: demo models test test-kernels test-slow test-engines vllm-cpu llamacpp lint install browser-deps serve-load train-default train-default-lora train-default-v2 train-default-v2-lora eval-default-v2 ship-default eval-default similarity-default bench completions docs docs-site clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -153,6 +153,24 @@ eval-default: $(STAMP)
 	  --max-new-tokens 64 -o results/default-heldout --force
 	$(BIN)/t2l eval --tasks gsm8k,arc_easy,boolq $(EVAL_ROWS) --max-descriptions 2 \
 	  --limit gsm8k=20 --limit arc_easy=100 --limit boolq=100 -o results/default-bench --force
+
+## make train-default-v2 (issue #22): stage 2 of the default, continued on all 325 trainable SNI tasks with mixed
+## prompts and the description-contrastive term (stage 1 = train-default; see the recipe's header); its LoRA baseline
+## with the same data, prompts and steps continues the shipped multi-task LoRA
+train-default-v2: $(STAMP)
+	$(BIN)/t2l train default-v2 --output runs/default-v2 --resume $(V2_FROM)
+
+train-default-v2-lora: $(STAMP)
+	$(BIN)/t2l train default-v2 --output runs/default-v2-lora --resume --set mode=lora --set train.init_from=t2lcli/checkpoints/default-lora
+
+## make eval-default-v2: the held-out comparison in both prompt styles (CKPT=, LORA=, OUT= pick another pair)
+CKPT ?= runs/default-v2/final
+LORA ?= runs/default-v2-lora/final
+OUT ?= results/default-v2
+eval-default-v2: $(STAMP)
+	for style in input definition; do $(BIN)/t2l eval --tasks $(HELDOUT) --conditions base,desc-prompt,t2l,t2l-control,lora \
+	  -c $(CKPT) --lora $(LORA) --sni-prompt $$style --descriptions-file t2lcli/checkpoints/default/heldout_descriptions.json \
+	  --max-descriptions 2 --limit 15 --max-new-tokens 64 -o $(OUT)-$$style --force || exit 1; done
 
 ## make similarity-default: ΔW similarity of adapters from unseen descriptions, same task vs different tasks
 similarity-default: $(STAMP)

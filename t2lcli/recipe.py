@@ -39,7 +39,8 @@ class DataSection:
     val_end: float = 0.9
     n_train_descs: int = 150
     max_instances_per_task: int = 1000
-    prompt: str = "input"  # input | definition
+    prompt: str = "input"  # input | definition | mix (a definition_frac share of the examples carry the definition)
+    definition_frac: float = 0.5  # prompt: mix only; drawn per example from the sampler's seeded (resumable) RNG
 
 
 @dataclass
@@ -62,6 +63,12 @@ class TrainSection:
     time_budget_s: float = 0.0
     threads: int = 0
     distributed: str = "ddp"  # under torchrun/accelerate: ddp (replicated) or fsdp (sharded hypernetwork, FSDP2)
+    # description-contrastive term (sft only): the answer scored under another task's generated adapter must lose to
+    # the own-description one by contrastive_margin nats/token (hinge), on contrastive_examples of the step's examples
+    contrastive_weight: float = 0.0
+    contrastive_margin: float = 0.5
+    contrastive_examples: int = 0  # 0 = every example of the step
+    init_from: str = ""  # warm start: a T2L checkpoint (sft) or a PEFT adapter (lora); fp32 master weights from it
 
 
 @dataclass
@@ -99,7 +106,7 @@ _CHOICES = {
     "mode": ("sft", "recon", "lora"),
     "variant": ("L", "M", "S"),
     "schedule": ("cosine", "linear", "constant"),
-    "prompt": ("input", "definition"),
+    "prompt": ("input", "definition", "mix"),
     "loss": ("factorized", "delta_w"),
     "distributed": ("ddp", "fsdp"),
 }
@@ -245,6 +252,10 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
         problems.append("train.steps must be >= 1")
     if recipe.train.n_tasks_per_step < 1:
         problems.append("train.n_tasks_per_step must be >= 1")
+    if recipe.data.definition_frac > 1:
+        problems.append(f"data.definition_frac must be between 0 and 1, got {recipe.data.definition_frac}")
+    if recipe.train.contrastive_weight > 0 and recipe.mode == "recon":
+        problems.append("train.contrastive_weight applies to sft training (recon distils fixed targets)")
     if problems:
         raise ConfigError(format_problems(f"invalid recipe {path}", problems), hint="t2l train --show-recipe default prints a valid one")
     return recipe

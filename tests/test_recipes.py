@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = {"default": "sft", "smoke": "sft", "user-data": "sft", "lora-multitask": "lora", "lora-oracle": "lora", "recon": "recon"}
+SHIPPED = {"default": "sft", "default-v2": "sft", "smoke": "sft", "user-data": "sft", "lora-multitask": "lora", "lora-oracle": "lora", "recon": "recon"}
 
 
 def test_every_mode_has_a_shipped_recipe(runner, cli_app):
@@ -66,3 +66,15 @@ def test_every_shipped_recipe_runs_on_the_real_models(tmp_path):
     _t2l(["generate", "--from-file", "demo/tasks.jsonl", "-o", "loras/"], tmp_path)  # a folder of PEFT LoRAs
     _t2l(["train", "recon", "-o", "runs/recon", "--max-steps", "3"], tmp_path)
     _t2l(["generate", "Name the capital city.", "-c", "runs/recon/final", "-o", "out/cap"], tmp_path)
+
+
+def test_default_v2_pins_every_trainable_task_and_keeps_the_heldout_out():
+    """default-v2's task list is pinned (not `[]`): every task of the data it was made from except the held-out 6."""
+    from t2lcli.recipe import load_recipe
+
+    v1, v2 = load_recipe("default"), load_recipe("default-v2")
+    assert v2.data.heldout_tasks == v1.data.heldout_tasks
+    assert len(v2.data.train_tasks) == len(set(v2.data.train_tasks)) == 325
+    assert not set(v2.data.train_tasks) & set(v2.data.heldout_tasks)
+    assert set(v1.data.train_tasks) <= set(v2.data.train_tasks)
+    assert v2.data.prompt == "mix" and v2.train.contrastive_weight > 0 and v2.train.init_from

@@ -5,6 +5,11 @@ hypernetwork generates one LoRA per example; the LoRAs are applied to the frozen
 einsum, no per-token copies); the loss is completion-only cross-entropy (each sample weighted equally) plus L2 on the
 generated factors. Gradients flow only into the hypernetwork.
 
+Options for specificity (issue #22): `data.prompt: mix` (a seeded share of the examples carry the task definition in
+the prompt, the rest the input only), a description-contrastive hinge (`train.contrastive_weight`: the answer scored
+under another task's generated adapter must lose by `train.contrastive_margin`), and a warm start
+(`train.init_from`: continue from a shipped checkpoint or adapter instead of a fresh initialisation).
+
 Resumable: every `log.ckpt_every` steps a native checkpoint + trainer state (optimizer, scheduler, sampler and torch
 RNG) is written atomically; `resume=True` continues exactly. Runs under torchrun (DDP, gloo/nccl) unchanged.
 """
@@ -125,7 +130,9 @@ def prepare(recipe: Recipe, tok: Tokenized) -> tuple[list[Task], list[list[tuple
     for t in train:
         rows = []
         for inst in t.split("train", d.train_frac, d.val_end):
-            e = tok.encode(build_prompt(t, inst, d.prompt), answer_of(inst))
+            # mix: an example counts as fitting when its input-only prompt fits (a too-long definition prompt falls
+            # back to it at sampling time)
+            e = tok.encode(build_prompt(t, inst, "input" if d.prompt == "mix" else d.prompt), answer_of(inst))
             if e is None:
                 too_long += 1
             else:
@@ -153,7 +160,7 @@ def collate(items: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.
 
 
 def answer_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                smoothing: float) -> torch.Tensor:
+                smoothing: float, per_sample: bool = False) -> torch.Tensor:
     """`sample_loss` without the full-vocabulary logits of prompt tokens: the decoder's hidden states are taken at
     the answer positions only and projected through the LM head there (SNI answers are a small share of the
     tokens, so this skips most of the 49k-wide head's forward and backward). Falls back to the full logits when
@@ -161,7 +168,7 @@ def answer_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tenso
     decoder = getattr(model, "get_decoder", lambda: None)()
     head = getattr(model, "get_output_embeddings", lambda: None)()
     if decoder is None or head is None or any(getattr(model.config, k, None) for k in ("final_logit_softcapping", "logit_scale")):
-        return sample_loss(model(input_ids=input_ids, attention_mask=attention_mask).logits, labels, smoothing)
+        return sample_loss(model(input_ids=input_ids, attention_mask=attention_mask).logits, labels, smoothing, per_sample)
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     lab = labels[:, 1:]
     mask = lab != -100
@@ -169,10 +176,11 @@ def answer_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tenso
     logits = head(hidden[:, :-1][rows]).float()
     ce = nn.functional.cross_entropy(logits, lab[rows], reduction="none", label_smoothing=smoothing)
     per = torch.zeros(lab.shape[0], device=ce.device, dtype=ce.dtype).index_add(0, rows[0], ce)
-    return (per / mask.sum(1).clamp(min=1)).mean()
+    per = per / mask.sum(1).clamp(min=1)
+    return per if per_sample else per.mean()
 
 
-def sample_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+def sample_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float, per_sample: bool = False) -> torch.Tensor:
     """Completion-only CE, token mean per sample, then mean over samples (each sample weighted equally)."""
     logits = logits[:, :-1].float()
     labels = labels[:, 1:]
@@ -181,7 +189,7 @@ def sample_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) ->
         logits.reshape(-1, logits.shape[-1]), labels.clamp(min=0).reshape(-1), reduction="none", label_smoothing=smoothing
     ).view(labels.shape)
     per = (ce * mask).sum(1) / mask.sum(1).clamp(min=1)
-    return per.mean()
+    return per if per_sample else per.mean()
 
 
 # ------------------------------------------------------------------------------------------- the trainer
@@ -224,7 +232,9 @@ class Trainer:
             lora_alpha=hs.lora_alpha, seed=tr.seed, dropout=hs.dropout,
         )
         self.scaling = self.ckpt.config.scaling
+        self.paths = {m: s.path for m, s in self.shape.modules.items()}
         self.net: nn.Module = self._fresh_lora() if r.mode == "lora" else self.ckpt.hypernet
+        self.init_info = self._warm_start(tr.init_from) if tr.init_from else None
         self.net.to(device).train()
         self.ddp_net = self.net
         self.fsdp = self.world > 1 and tr.distributed == "fsdp"
@@ -249,7 +259,6 @@ class Trainer:
         self.step = 0
         self.log_fn = log_fn
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.paths = {m: s.path for m, s in self.shape.modules.items()}
         self._val_sets: dict[str, list[tuple[list[int], int, str]]] | None = None
 
     def _lr_lambda(self, step: int) -> float:
@@ -301,33 +310,52 @@ class Trainer:
 
     # -------------------------------------------------------------- forward
 
-    def _forward_loss(self, batch: dict[str, torch.Tensor], emb: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        from t2lcli.engine.lora_hooks import apply_factors
-
+    def _forward_loss(self, batch: dict[str, torch.Tensor], emb: torch.Tensor, train: bool,
+                      contrast: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean answer loss, L2 of the generated factors, and (contrast > 0) the description-contrastive terms of the
+        first `contrast` examples: each scored again under the adapter generated for the next example's description
+        (another task: the step's tasks are distinct), with hinge = relu(margin - (wrong - own)) per example."""
         tr = self.recipe.train
         net = self.ddp_net if train else self.net
         use_bf16 = tr.bf16 and self.device == "cpu" or (tr.bf16 and self.device.startswith("cuda"))
         dev_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        extra: dict[str, torch.Tensor] = {}
         with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=use_bf16):
             factors = net(emb)
-            per_layer = {}
             l2 = torch.zeros((), device=self.device)
-            for m, (a, b) in factors.items():
+            for a, b in factors.values():
                 l2 = l2 + a.float().pow(2).mean() + b.float().pow(2).mean()
-                for layer in range(a.shape[1]):
-                    per_layer[self.paths[m].format(l=layer)] = (a[:, layer], b[:, layer])
-            handle = apply_factors(self.model, per_layer, self.scaling, dropout=tr.lora_dropout if train else 0.0)
-            neft = None
-            if train and tr.neftune_alpha > 0:
-                neft = self.model.get_input_embeddings().register_forward_hook(self._neftune_hook)
-            try:
-                loss = answer_loss(self.model, batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
-                                   batch["labels"].to(self.device), tr.label_smoothing if train else 0.0)
-            finally:
-                handle.remove()
-                if neft is not None:
-                    neft.remove()
-        return loss, l2
+            per_own = self._scored(factors, batch, train)
+            n = per_own.shape[0]
+            k = min(contrast, n) if n > 1 else 0
+            if k:
+                wrong = torch.tensor([(j + 1) % n for j in range(k)], device=per_own.device)
+                fac_wrong = {m: (a[wrong], b[wrong]) for m, (a, b) in factors.items()}
+                per_wrong = self._scored(fac_wrong, {key: v[:k] for key, v in batch.items()}, train)
+                gap = per_wrong - per_own[:k]
+                extra = {"hinge": torch.relu(tr.contrastive_margin - gap).mean(), "gap": gap.detach().mean()}
+        return per_own.mean(), l2, extra
+
+    def _scored(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], batch: dict[str, torch.Tensor], train: bool) -> torch.Tensor:
+        """Per-example answer loss of the base with example i's LoRA factors applied to example i."""
+        from t2lcli.engine.lora_hooks import apply_factors
+
+        tr = self.recipe.train
+        per_layer = {}
+        for m, (a, b) in factors.items():
+            for layer in range(a.shape[1]):
+                per_layer[self.paths[m].format(l=layer)] = (a[:, layer], b[:, layer])
+        handle = apply_factors(self.model, per_layer, self.scaling, dropout=tr.lora_dropout if train else 0.0)
+        neft = None
+        if train and tr.neftune_alpha > 0:
+            neft = self.model.get_input_embeddings().register_forward_hook(self._neftune_hook)
+        try:
+            return answer_loss(self.model, batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
+                               batch["labels"].to(self.device), tr.label_smoothing if train else 0.0, per_sample=True)
+        finally:
+            handle.remove()
+            if neft is not None:
+                neft.remove()
 
     def _neftune_hook(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
         dims = output.shape[1] * output.shape[2]
@@ -339,17 +367,26 @@ class Trainer:
         self.model.eval()  # the frozen base never uses dropout; LoRA dropout is applied by the hooks
         self.net.train()
         self.opt.zero_grad(set_to_none=True)
-        total = 0.0
+        total, hinge, gap, n_def = 0.0, 0.0, 0.0, 0
+        contrast = 0
+        if tr.contrastive_weight > 0 and self.recipe.mode == "sft":  # one shared LoRA (mode lora) has no "other" adapter
+            contrast = tr.contrastive_examples or self.sampler.n_tasks
         for _ in range(tr.grad_accum):
             picks = self.sampler.sample()
+            styles = self._prompt_styles(len(picks))
             if self.world > 1:
-                picks = picks[self.rank :: self.world]
-            items = [self._encoded_for(i, inst) for i, inst, _ in picks]
+                picks, styles = picks[self.rank :: self.world], styles[self.rank :: self.world]
+            items = [self._encoded_for(i, inst, st) for (i, inst, _), st in zip(picks, styles, strict=True)]
+            n_def += sum(st == "definition" for st in styles)
             batch = collate(items, self.pad_id)
             emb = self.embed([d for _, _, d in picks])
-            loss, l2 = self._forward_loss(batch, emb, train=True)
-            full = (loss + tr.l2_generated * l2) / tr.grad_accum
-            full.backward()
+            loss, l2, extra = self._forward_loss(batch, emb, train=True, contrast=contrast)
+            full = loss + tr.l2_generated * l2
+            if extra:
+                full = full + tr.contrastive_weight * extra["hinge"]
+                hinge += float(extra["hinge"].detach()) / tr.grad_accum
+                gap += float(extra["gap"]) / tr.grad_accum
+            (full / tr.grad_accum).backward()
             total += float(loss.detach()) / tr.grad_accum
         if self.world > 1:  # log the loss of the whole (combined) batch, not this rank's share
             t = torch.tensor([total], device=self.device)
@@ -363,10 +400,26 @@ class Trainer:
         self.opt.step()
         self.sched.step()
         self.step += 1
-        return {"step": self.step, "loss": total, "lr": self.sched.get_last_lr()[0], "grad_norm": float(gnorm)}
+        out = {"step": self.step, "loss": total, "lr": self.sched.get_last_lr()[0], "grad_norm": float(gnorm)}
+        if contrast:  # the hinge (before its weight) and the mean wrong-minus-own loss gap of the scored examples
+            out.update({"contrastive": hinge, "contrastive_gap": gap})
+        if self.recipe.data.prompt == "mix":
+            out["definition_prompts"] = n_def
+        return out
 
-    def _encoded_for(self, task_idx: int, inst: dict[str, Any]) -> tuple[list[int], int]:
-        e = self.tok.encode(build_prompt(self.tasks[task_idx], inst, self.recipe.data.prompt), answer_of(inst))
+    def _prompt_styles(self, n: int) -> list[str]:
+        """The prompt style of each of the step's n examples: fixed by the recipe, or (mix) drawn from the sampler's
+        RNG, whose state the checkpoints save, so a resumed run draws the same styles."""
+        d = self.recipe.data
+        if d.prompt != "mix":
+            return [d.prompt] * n
+        return ["definition" if self.sampler.rng.random() < d.definition_frac else "input" for _ in range(n)]
+
+    def _encoded_for(self, task_idx: int, inst: dict[str, Any], style: str | None = None) -> tuple[list[int], int]:
+        style = style or self.recipe.data.prompt
+        e = self.tok.encode(build_prompt(self.tasks[task_idx], inst, style), answer_of(inst))
+        if e is None and style == "definition" and self.recipe.data.prompt == "mix":  # the same example, input only
+            e = self.tok.encode(build_prompt(self.tasks[task_idx], inst, "input"), answer_of(inst))
         if e is None:  # over-long: fall back to a random fitting example of the same task
             rows = self.encoded[task_idx]
             return rows[self.sampler.rng.randrange(len(rows))]
@@ -386,7 +439,8 @@ class Trainer:
                 val = t.split("val", d.train_frac, d.val_end)
                 descs = t.descriptions[d.n_train_descs :] if descs_from == "heldout" and len(t.descriptions) > d.n_train_descs else t.descriptions[: d.n_train_descs]
                 for inst in val[:50]:
-                    e = self.tok.encode(build_prompt(t, inst, d.prompt), answer_of(inst))
+                    style = d.prompt if d.prompt != "mix" else ("definition" if rng.random() < d.definition_frac else "input")
+                    e = self.tok.encode(build_prompt(t, inst, style), answer_of(inst))
                     if e is not None:
                         rows.append((e[0], e[1], rng.choice(descs)))
             rng.shuffle(rows)
@@ -405,7 +459,7 @@ class Trainer:
             for i in range(0, len(rows), 8):
                 part = rows[i : i + 8]
                 batch = collate([(ids, p) for ids, p, _ in part], self.pad_id)
-                loss, _ = self._forward_loss(batch, self.embed([d for *_, d in part]), train=False)
+                loss, _, _ = self._forward_loss(batch, self.embed([d for *_, d in part]), train=False)
                 losses.append(float(loss) * len(part))
             res[f"val_{label}"] = sum(losses) / len(rows)
         self.net.train()
@@ -430,6 +484,7 @@ class Trainer:
             "n_train_descriptions_per_task": r.data.n_train_descs,
             "torch": torch.__version__,
             "world_size": self.world,
+            **({"init_from": self.init_info} if self.init_info else {}),
         }
 
     def heldout_descriptions(self) -> dict[str, Any]:
@@ -450,6 +505,45 @@ class Trainer:
             opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
             return get_model_state_dict(self.net, options=opts), get_optimizer_state_dict(self.net, self.opt, options=opts)
         return {k: v.detach().cpu() for k, v in self.net.state_dict().items()}, self.opt.state_dict()
+
+    def _warm_start(self, spec: str) -> dict[str, Any]:
+        """Load `train.init_from` into the fresh generator: a T2L checkpoint (sft; its hypernetwork and encoder must
+        match the recipe's) or a PEFT adapter (lora; same rank and modules). Weights become fp32 master weights
+        (a bf16 checkpoint is upcast). Returns what provenance records about the start point."""
+        from t2lcli.engine.checkpoint import load_checkpoint, load_strict
+
+        if self.recipe.mode == "lora":
+            from t2lcli.engine.adapters import load_adapter, tensors_sha256
+
+            ad = load_adapter(spec)
+            if ad.r != self.recipe.hypernet.r:
+                raise DataError(f"train.init_from {spec}: rank {ad.r} differs from hypernet.r={self.recipe.hypernet.r}")
+            state = {}
+            try:
+                for m, path in self.paths.items():
+                    for name, key in (("A", "lora_A"), ("B", "lora_B")):
+                        state[f"{name}.{m}"] = torch.stack([ad.tensors[f"base_model.model.{path.format(l=layer)}.{key}.weight"].float()
+                                                            for layer in range(self.shape.n_layers)])
+            except KeyError as exc:
+                raise DataError(f"train.init_from {spec} lacks {exc.args[0]}", hint="the adapter must target the recipe's base and modules") from None
+            load_strict(self.net, state, str(spec))
+            training = ad.meta.get("training") if isinstance(ad.meta.get("training"), dict) else {}
+            return {"path": str(spec), "sha256": tensors_sha256(Path(spec) / "adapter_model.safetensors"),
+                    "steps": training.get("steps"), "seconds": training.get("seconds"), "dtype": "fp32 master weights from the adapter's tensors"}
+        ck = load_checkpoint(spec)
+        mine, theirs = self.ckpt.config, ck.config
+        problems = [f"{k}: checkpoint {getattr(theirs, k)!r}, recipe {getattr(mine, k)!r}"
+                    for k in ("variant", "latent", "head_in", "r", "lora_alpha", "target_modules", "use_rslora")
+                    if getattr(theirs, k) != getattr(mine, k)]
+        if ck.encoder.model != self.enc_spec.model:
+            problems.append(f"encoder: checkpoint {ck.encoder.model!r}, recipe {self.enc_spec.model!r}")
+        if problems:
+            raise DataError(f"train.init_from {spec} does not match the recipe: " + "; ".join(problems),
+                            hint="set the recipe's hypernet section and encoder to the checkpoint's")
+        load_strict(self.net, {k: v.float() if v.is_floating_point() else v for k, v in ck.hypernet.state_dict().items()}, str(spec))
+        prov = ck.provenance if isinstance(ck.provenance, dict) else {}
+        return {"path": str(spec), "sha256": ck.sha256, "steps": prov.get("steps"), "seconds": prov.get("seconds"),
+                "train_tasks": len(prov.get("train_tasks") or []), "dtype": "fp32 master weights from the checkpoint's tensors"}
 
     def _fresh_lora(self) -> FixedLoRA:
         dims = {m: [s.d_in, s.d_out] for m, s in self.shape.modules.items()}
@@ -581,6 +675,10 @@ def _recipe_fingerprint(recipe: Recipe) -> str:
         d["train"].pop(volatile, None)
     if d["train"].get("distributed") == "ddp":  # the default leaves the fingerprints of earlier runs unchanged
         d["train"].pop("distributed")
+    for section, key, default in (("train", "contrastive_weight", 0.0), ("train", "contrastive_margin", 0.5),
+                                  ("train", "contrastive_examples", 0), ("train", "init_from", ""), ("data", "definition_frac", 0.5)):
+        if d[section].get(key) == default:  # options added later: at their defaults, earlier runs still resume
+            d[section].pop(key)
     d.pop("log", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
