@@ -17,7 +17,7 @@ from t2lcli import __version__
 from t2lcli.engine.adapters import tensors_sha256
 from t2lcli.engine.atomic import atomic_dir, check_readable
 from t2lcli.engine.base_model import ModelShape
-from t2lcli.engine.checkpoint_model import T2LCheckpoint, materialize, state_problems  # noqa: F401  (re-exported)
+from t2lcli.engine.checkpoint_model import T2LCheckpoint, load_strict, materialize, state_problems  # noqa: F401  (re-exported)
 from t2lcli.engine.encoder import EncoderSpec
 from t2lcli.engine.hypernet import HyperLoRA, HyperNetConfig
 from t2lcli.errors import CheckpointError, ConfigError, format_problems, show_value

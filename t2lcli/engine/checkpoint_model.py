@@ -102,3 +102,10 @@ def materialize(cfg: HyperNetConfig, state: dict[str, torch.Tensor], where: str,
     net.load_state_dict(state, strict=True, assign=True)
     net.restore_buffers()
     return net.eval()
+
+
+def load_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load a state dict, reporting every missing/unexpected key and shape mismatch at once (train's warm start)."""
+    expected = net.state_dict()
+    _raise_problems(where, state_problems(expected, state))
+    net.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
