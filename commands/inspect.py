@@ -8,6 +8,7 @@ import typer
 from t2lcli import console
 from t2lcli.errors import InputError, UsageError
 from t2lcli.options import JsonOpt, SetOpt, TrustRemoteCodeOpt, at_least
+from t2lcli.runtimes import COMPAT_RUNTIMES
 
 EXAMPLES = """[b]Examples[/b]
 
@@ -70,9 +71,7 @@ def inspect_cmd(
         console.emit_json(report)
 
 
-# the engine's lists (t2lcli.engine.inspect.RUNTIMES and its --space names; a test keeps them equal): the engine imports
-# torch, and these checks run before it
-COMPAT_RUNTIMES = ("vllm", "sglang", "llamacpp", "ollama", "peft")
+# the engine's --space names (a test keeps them equal): checked here before the engine, which imports torch
 SPACES = ("delta_w", "embedding")
 
 

@@ -8,6 +8,7 @@ import typer
 
 from t2lcli import console
 from t2lcli.errors import AdapterFormatError, InputError, show_value
+from t2lcli.runtimes import EXPORT_RUNTIMES, MERGE_METHODS
 from t2lcli.options import (
     DTYPE_NAMES,
     BaseModelOpt,
@@ -90,10 +91,7 @@ def merge(
         console.emit(res["command"])
 
 
-# the engine's lists (t2lcli.engine.merge.METHODS, t2lcli.engine.export.RUNTIMES; a test keeps them equal): the engine
-# imports torch, and these checks run before it
-METHODS = ("linear", "cat", "svd", "ties", "dare")
-EXPORTS = ("vllm", "sglang", "llamacpp", "ollama")
+METHODS, EXPORTS = MERGE_METHODS, EXPORT_RUNTIMES  # one home: t2lcli/runtimes.py (stdlib only)
 
 
 def _check_flags(adapters: list[str], output: Path | None, into_base: bool, export: str | None, method: str | None, weights: str | None, rank: int | None,

@@ -33,8 +33,9 @@ from t2lcli import models as registry
 from t2lcli.engine.adapters import Adapter
 from t2lcli.engine.atomic import atomic_dir
 from t2lcli.errors import InputError, ShapeMismatchError, T2LError
+from t2lcli.runtimes import EXPORT_RUNTIMES
 
-RUNTIMES = ("vllm", "sglang", "llamacpp", "ollama")
+RUNTIMES = EXPORT_RUNTIMES
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py
 PEFT_RUNTIME_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GGUF_TENSOR = {

@@ -19,8 +19,9 @@ import torch
 from t2lcli import console
 from t2lcli.engine.checkpoint import SHIPPED, resolve_checkpoint
 from t2lcli.errors import InputError, ShapeMismatchError
+from t2lcli.runtimes import COMPAT_RUNTIMES
 
-RUNTIMES = ("vllm", "sglang", "llamacpp", "ollama", "peft")
+RUNTIMES = COMPAT_RUNTIMES
 MAX_SIMILARITY = 64  # exact pairwise matrix; more adapters: use --plot (sketched)
 MAX_PLOT = 1000  # points drawn; more are sampled (and the user is told)
 SKETCH = 16  # per-block sketch U^T ΔW V of SKETCH x SKETCH for projections of many adapters

@@ -56,12 +56,13 @@ from t2lcli.engine.adapters import (  # noqa: F401  (fold_scale, write_peft, pro
 )
 from t2lcli.engine.atomic import atomic_dir, check_output_free
 from t2lcli.errors import InputError, RankLimitError, ShapeMismatchError, T2LError, show_value  # noqa: F401  (re-exported)
+from t2lcli.runtimes import MERGE_METHODS
 from t2lcli.text import check_description
 
 if TYPE_CHECKING:
     from t2lcli.hardware import Profile
 
-METHODS = ("linear", "cat", "svd", "ties", "dare")
+METHODS = MERGE_METHODS
 DEFAULT_DENSITY = {"ties": 0.2, "dare": 0.5}
 RANK_TOL = 1e-6  # linear: singular values below RANK_TOL·σ_max are numerically zero
 MIX_SPACE = "task-encoder output z (hypernet.encode), weights normalised to sum 1"
