@@ -8,7 +8,6 @@ import typer
 
 from t2lcli import console
 from t2lcli.errors import AdapterFormatError, InputError, show_value
-from t2lcli.runtimes import EXPORT_RUNTIMES, MERGE_METHODS
 from t2lcli.options import (
     DTYPE_NAMES,
     BaseModelOpt,
@@ -22,6 +21,7 @@ from t2lcli.options import (
     checkpoint_spec,
     flag_values,
 )
+from t2lcli.runtimes import EXPORT_RUNTIMES, MERGE_METHODS
 
 EXAMPLES = """[b]Examples[/b]
 

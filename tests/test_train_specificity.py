@@ -21,7 +21,7 @@ def _train(runner, cli_app, recipe: Path, out: Path, *args: str) -> None:
     assert res.exit_code == 0, res.output
 
 
-def test_mix_and_contrastive_log_their_terms_and_resume_exactly(runner, cli_app, tiny_data, train_base_dir, tiny_encoder_dir, tmp_path):
+def test_mix_and_contrastive_log_their_terms_and_resume_exactly(runner, cli_app, tiny_data, train_base_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
     recipe = write_recipe(tmp_path / "r.yaml", tiny_data, train_base_dir, tiny_encoder_dir, **{**MIX, "train.steps": 10})
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     _train(runner, cli_app, recipe, ref)
@@ -41,7 +41,7 @@ def test_mix_and_contrastive_log_their_terms_and_resume_exactly(runner, cli_app,
     assert prov["data"]["prompt"] == "mix" and prov["train"]["contrastive_weight"] == 1.0
 
 
-def test_fixed_prompt_styles_draw_nothing_from_the_sampler(tiny_data):
+def test_fixed_prompt_styles_draw_nothing_from_the_sampler(tiny_data):  # noqa: F811
     """prompt input/definition must not consume the sampler's RNG (earlier runs keep their batches and resume)."""
     from t2lcli.engine.train import Trainer
 
@@ -55,7 +55,7 @@ def test_fixed_prompt_styles_draw_nothing_from_the_sampler(tiny_data):
         assert Trainer._prompt_styles(t, 3) == [style] * 3
 
 
-def test_contrastive_gap_is_wrong_adapter_loss_minus_own(tiny_data, train_base_dir, tiny_encoder_dir, tmp_path):
+def test_contrastive_gap_is_wrong_adapter_loss_minus_own(tiny_data, train_base_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
     from t2lcli.engine.base_model import load_base_model
     from t2lcli.engine.encoder import TextEncoder, encoder_spec_for
     from t2lcli.engine.train import Trainer, collate
@@ -85,7 +85,7 @@ def test_contrastive_gap_is_wrong_adapter_loss_minus_own(tiny_data, train_base_d
     assert float((wrong - own[:3]).abs().max()) > 0  # the adapters differ by description
 
 
-def test_warm_start_continues_a_checkpoint_and_an_adapter(runner, cli_app, tiny_data, train_base_dir, tiny_encoder_dir, tmp_path):
+def test_warm_start_continues_a_checkpoint_and_an_adapter(runner, cli_app, tiny_data, train_base_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
     from safetensors.torch import load_file
 
     base = {"train.steps": 6, "log.val_every": 0}
@@ -123,7 +123,7 @@ def test_warm_start_continues_a_checkpoint_and_an_adapter(runner, cli_app, tiny_
 
 
 @pytest.mark.parametrize("mutate,needle", [({"data.definition_frac": 1.5}, "definition_frac"), ({"data.prompt": "both"}, "mix")])
-def test_bad_specificity_options(runner, cli_app, tiny_data, train_base_dir, tiny_encoder_dir, tmp_path, mutate, needle):
+def test_bad_specificity_options(runner, cli_app, tiny_data, train_base_dir, tiny_encoder_dir, tmp_path, mutate, needle):  # noqa: F811
     res = runner.invoke(cli_app, ["train", str(write_recipe(tmp_path / "r.yaml", tiny_data, train_base_dir, tiny_encoder_dir, **mutate)),
                                   "-o", str(tmp_path / "o")])
     assert res.exit_code == 1 and needle in res.output and "Traceback" not in res.output

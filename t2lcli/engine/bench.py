@@ -510,12 +510,12 @@ def _time_shape(rows: int, module: Any, names: list[str]) -> dict[str, float]:
                 out[name] = kernels.time_gemm(lambda name=name: kernels.gemm(x, w, b, name))
             elif name == "onednn-packed":
                 packed = torch_ops()._reorder_linear_weight(w, rows)
-                out[name] = kernels.time_gemm(lambda: torch_ops()._linear_pointwise(x, packed, b, "none", [], ""))
+                out[name] = kernels.time_gemm(lambda packed=packed: torch_ops()._linear_pointwise(x, packed, b, "none", [], ""))
                 del packed
             elif name == "torch-bf16":
                 wb, xb = w.to(torch.bfloat16), x.to(torch.bfloat16)
                 bb = None if b is None else b.to(torch.bfloat16)
-                out[name] = kernels.time_gemm(lambda: F.linear(xb, wb, bb))
+                out[name] = kernels.time_gemm(lambda xb=xb, wb=wb, bb=bb: F.linear(xb, wb, bb))
                 del wb
     return out
 

@@ -187,7 +187,7 @@ def _configure_hypernet(net: torch.nn.Module, kernel: str) -> None:
 
     try:
         configure(net, kernel, "trunk")
-        configure(getattr(net, "heads"), kernel, "heads")
+        configure(net.heads, kernel, "heads")
     except ValueError as exc:
         raise InputError(str(exc), hint="set the profile's kernel to auto or torch (--set kernel=auto)") from None
 
