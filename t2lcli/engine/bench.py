@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from t2lcli import __version__, console
+from t2lcli.engine.shapes import SHAPES_DIR, base_config, load_shape, shape_names  # noqa: F401  (re-exported)
 from t2lcli.errors import InputError, T2LError, show_value
 from t2lcli.hardware import Profile
 
 SCHEMA = "t2l-bench/1"
-SHAPES_DIR = Path(__file__).resolve().parent.parent / "data" / "shapes"
 PROMPTS_FILE = Path(__file__).resolve().parent.parent / "data" / "bench_prompts.json"
 FULL_BASE_LIMIT = 3 * 2**30  # bytes: larger bases are measured at depth 4 and scaled by bytes
 GTE_LARGE_PROXY = {  # gte-large-en-v1.5 sizes as a plain BERT (its GLU FFN 4096 has the params/FLOPs of a 6144 FFN)
@@ -93,22 +93,6 @@ class BenchRequest:
 
 
 # ----------------------------------------------------------------------------------------------- shapes
-
-
-def shape_names() -> list[str]:
-    return sorted(p.stem for p in SHAPES_DIR.glob("*.json"))
-
-
-def load_shape(name: str) -> dict[str, Any]:
-    """The stored config.json numbers and official hypernetwork sizes of a base (`t2lcli/data/shapes/NAME.json`).
-
-    Raises:
-        InputError: unknown name.
-    """
-    path = SHAPES_DIR / f"{name}.json"
-    if not path.is_file():
-        raise InputError(f"unknown shapes '{name}'", hint=f"choose one of: {', '.join(shape_names())}")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def hypernet_config(shape: dict[str, Any], variant: str) -> Any:
@@ -420,7 +404,10 @@ def run_bench(req: BenchRequest, profile: Profile) -> dict[str, Any]:
         console.log("measuring the floor: the same GEMM shapes with every kernel in this process")
         floor = measure_floor(stages, percentiles(warm), recorded, batch_calls, throughput)
         floor["cold"] = cold_floor(stages, cold_stages, percentiles(cold), ckpt_path, gen)
-    shape_cfg = load_shape(shape_name)["config"] if shape_name else _base_config(ckpt.base_model)
+    if shape_name:
+        shape_cfg = load_shape(shape_name)["config"]
+    else:
+        shape_cfg = base_config(ckpt.base_model, hub_cache=False, known_shapes=False)
     load_base = None
     if req.baseline != "none":
         if shape_cfg is None:
@@ -713,24 +700,6 @@ def _cold_runs(req: BenchRequest, ckpt_path: str, tmpdir: str) -> tuple[list[flo
             rss.append(peak)
         console.log(f"cold run {i + 1}/{req.cold_runs}: {wall:.2f} s")
     return walls, (max(rss) if rss else None), cpus, {k: _med(v) for k, v in reported.items()}
-
-
-def _base_config(base: str) -> dict[str, Any] | None:
-    """config.json of a checkpoint's base when it is a local folder or a converted registry model (no download)."""
-    from t2lcli import models as registry
-    from t2lcli.engine.base_model import converted_dir
-
-    candidates = [Path(base)]
-    entry = registry.lookup(base)
-    if entry is not None and entry.source == "gguf-package":
-        candidates.append(converted_dir(entry))
-    for c in candidates:
-        if (c / "config.json").is_file():
-            try:
-                return json.loads((c / "config.json").read_text(encoding="utf-8"))
-            except ValueError:
-                return None
-    return None
 
 
 def _safe_name(base: str) -> str:

@@ -18,6 +18,7 @@ import torch
 
 from t2lcli import console
 from t2lcli.engine.checkpoint import SHIPPED, resolve_checkpoint
+from t2lcli.engine.shapes import base_config
 from t2lcli.errors import InputError, ShapeMismatchError
 from t2lcli.runtimes import COMPAT_RUNTIMES
 
@@ -223,40 +224,6 @@ def inspect_checkpoint(path: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- runtime compatibility
 
 
-def _base_config(base: str | None) -> dict[str, Any] | None:
-    """The base's config.json if it is available offline (local folder, converted registry model, HF cache)."""
-    if not base:
-        return None
-    from t2lcli import models as registry
-    from t2lcli.engine.base_model import converted_dir
-
-    candidates = [Path(base).expanduser()]
-    entry = registry.lookup(base)
-    if entry is not None and entry.source == "gguf-package":
-        candidates.append(converted_dir(entry))
-    hub = entry.hub_id if entry is not None else (base if base.count("/") == 1 and not Path(base).exists() else None)
-    if hub:
-        try:
-            from huggingface_hub import snapshot_download
-
-            candidates.append(Path(snapshot_download(hub, allow_patterns=["config.json"], local_files_only=True)))
-        except Exception:
-            pass
-    for c in candidates:
-        if (c / "config.json").is_file():
-            try:
-                return json.loads((c / "config.json").read_text(encoding="utf-8"))
-            except ValueError:
-                return None
-    from t2lcli.engine.bench import SHAPES_DIR
-
-    for f in SHAPES_DIR.glob("*.json"):  # the four bases t2l knows the shapes of
-        data = json.loads(f.read_text(encoding="utf-8"))
-        if base.lower() in (data["hub_id"].lower(), data["registry_name"]):
-            return data["config"]
-    return None
-
-
 def compat_check(path: Path, runtime: str) -> dict[str, Any]:
     """A checklist of `runtime`'s known rules for the adapter at `path`; `compatible` is False if any check fails.
 
@@ -299,7 +266,7 @@ def compat_check(path: Path, runtime: str) -> dict[str, Any]:
     c = ad.config
     r = ad.r
     mods = ad.modules() or sorted({_module_and_layer(p)[0] for p in ad.prefixes()})
-    cfg = _base_config(c.get("base_model_name_or_path"))
+    cfg = base_config(c.get("base_model_name_or_path"))
     mtype = None if cfg is None else str((cfg.get("text_config") or cfg).get("model_type", cfg.get("model_type")))
 
     # format
