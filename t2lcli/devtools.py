@@ -52,18 +52,19 @@ class Cmd:
 
 def _choices_for(opt_name: str) -> list[str]:
     from t2lcli import hardware
+    from t2lcli.engine.shapes import shape_names  # stdlib + json files only
+    from t2lcli.runtimes import COMPAT_RUNTIMES, EXPORT_RUNTIMES, MERGE_METHODS
 
-    shapes_dir = Path(__file__).resolve().parent / "data" / "shapes"
     table = {
         "--profile": hardware.list_profiles(),
-        "--shapes": sorted(p.stem for p in shapes_dir.glob("*.json")),
-        "--compat": ["vllm", "sglang", "llamacpp", "ollama", "peft"],
-        "--export": ["vllm", "sglang", "llamacpp", "ollama"],
+        "--shapes": shape_names(),
+        "--compat": list(COMPAT_RUNTIMES),
+        "--export": list(EXPORT_RUNTIMES),
         "--space": ["delta_w", "embedding"],
         "--variant": ["L", "M", "S"],
         "--scaling": ["rslora", "lora"],
         "--baseline": ["auto", "full", "sampled", "none"],
-        "--method": ["linear", "cat", "svd", "ties", "dare"],
+        "--method": list(MERGE_METHODS),
     }
     return table.get(opt_name, [])
 

@@ -48,11 +48,11 @@ from t2lcli.engine.eval_tasks import (
 )
 from t2lcli.errors import InputError, OutputExistsError, ShapeMismatchError, T2LError
 from t2lcli.hardware import Profile
+from t2lcli.runtimes import VLLM_MAX_LORA_RANKS, vllm_rank_flag
 from t2lcli.text import check_description
 
 CONDITIONS = ("base", "desc-prompt", "t2l", "t2l-control", "adapter", "lora")
 USES_DESCRIPTIONS = ("desc-prompt", "t2l", "t2l-control")
-VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 RESULTS_JSON, RESULTS_CSV, TABLE_TXT = "results.json", "results.csv", "table.txt"
 
 
@@ -616,9 +616,9 @@ class VLLMBackend:
         self.LoRARequest = LoRARequest
         self.chat, self.workdir, self.model_dir = chat, workdir, model_dir
         max_r = max((a.r for a in adapters), default=0)
-        rank = next((r for r in VLLM_RANKS if r >= max_r), None)
+        rank = vllm_rank_flag(max_r)
         if rank is None:
-            raise T2LError(f"an adapter has rank {max_r}; vLLM supports LoRA ranks up to {VLLM_RANKS[-1]}", hint="use --backend hf")
+            raise T2LError(f"an adapter has rank {max_r}; vLLM supports LoRA ranks up to {VLLM_MAX_LORA_RANKS[-1]}", hint="use --backend hf")
         extra: dict[str, Any] = {}
         if adapters:
             # one adapter is active at a time; keep all of them cached on the CPU so switching never re-reads disk

@@ -33,21 +33,17 @@ from t2lcli import models as registry
 from t2lcli.engine.adapters import Adapter
 from t2lcli.engine.atomic import atomic_dir
 from t2lcli.errors import InputError, ShapeMismatchError, T2LError
-from t2lcli.runtimes import EXPORT_RUNTIMES
+from t2lcli.runtimes import (  # noqa: F401  (re-exported: the runtime facts used to live here)
+    EXPORT_RUNTIMES,
+    GGUF_ARCH,
+    GGUF_TENSOR,
+    PEFT_RUNTIME_MODULES,
+    PERMUTED_ARCHS,
+    VLLM_MAX_LORA_RANKS,
+    vllm_rank_flag,
+)
 
 RUNTIMES = EXPORT_RUNTIMES
-VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py
-PEFT_RUNTIME_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-GGUF_TENSOR = {
-    "q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-    "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down",
-}
-# HF model_type -> llama.cpp architecture name (MistralForCausalLM converts as `llama`)
-GGUF_ARCH = {
-    "llama": "llama", "mistral": "llama", "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3",
-    "gemma3_text": "gemma3", "qwen2": "qwen2", "qwen3": "qwen3",
-}
-PERMUTED_ARCHS = ("llama",)
 GGUF_NAME = "adapter.gguf"
 
 
@@ -63,11 +59,6 @@ def precheck_export(target: str, max_lora_rank: int | None) -> None:
             raise InputError(f"--max-lora-rank does not apply to {target} (it has no rank limit)")
         if max_lora_rank < 1:
             raise InputError("--max-lora-rank must be at least 1")
-
-
-def vllm_rank_flag(r: int) -> int | None:
-    """The smallest vLLM max_lora_rank that admits rank r (None: above vLLM's largest)."""
-    return next((v for v in VLLM_MAX_LORA_RANKS if v >= r), None)
 
 
 def check_rank(target: str, r: int, max_lora_rank: int | None) -> int | None:

@@ -229,7 +229,7 @@ def compat_check(path: Path, runtime: str) -> dict[str, Any]:
 
     Each check: {check, status: ok|warn|fail, detail, fix (a command, for failures and warnings)}.
     """
-    from t2lcli.engine.export import GGUF_ARCH, PEFT_RUNTIME_MODULES, VLLM_MAX_LORA_RANKS, vllm_rank_flag
+    from t2lcli.runtimes import GGUF_ARCH, PEFT_RUNTIME_MODULES, VLLM_MAX_LORA_RANKS, vllm_rank_flag
 
     if runtime not in RUNTIMES:
         raise InputError(f"unknown runtime '{runtime}'", hint=f"choose one of: {', '.join(RUNTIMES)}")

@@ -1,0 +1,1 @@
+"""Rich printers for command output (tables, panels): the CLI layer, kept out of the command files so they stay thin."""
