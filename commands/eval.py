@@ -66,7 +66,7 @@ def eval_cmd(
     trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Benchmark the base model, the description in the prompt, T2L adapters and given adapters in one table."""
-    from t2lcli.engine.evaluate import EvalRequest, rich_table, run_eval, validate  # no torch at import
+    from t2lcli.engine.eval import EvalRequest, rich_table, run_eval, validate  # no torch at import
     from t2lcli.hardware import load_profile
 
     with flag_values():

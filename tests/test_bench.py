@@ -151,18 +151,76 @@ def test_bench_tiny_checkpoint_report(tiny_report: tuple[dict, Path, str]) -> No
     assert floor["cold"]["files"] > 0 and floor["cold"]["bytes"] > 0 and floor["cold"]["cold_p50_ms"] is None
 
 
-def test_bench_human_output(tiny_report: tuple[dict, Path, str], capsys: pytest.CaptureFixture[str]) -> None:
-    from t2lcli.commands.bench import _print_report
-
+def _rendered(printer, doc: dict, capsys: pytest.CaptureFixture[str]) -> str:
     from t2lcli import console
 
     console._state.pop("out", None)
-    _print_report(tiny_report[0])
-    text = capsys.readouterr().out
-    console._state.pop("out", None)
-    for part in ("stages (median)", "latency (ms)", "throughput", "baselines", "3-shot in-context examples", "torch threads",
-                 "measured / floor", "encoder", "heads", "of the floor's throughput"):
-        assert part in text
+    try:
+        printer(doc)
+        return capsys.readouterr().out
+    finally:
+        console._state.pop("out", None)
+
+
+def _row(text: str, label: str) -> str:
+    """The one rendered line that holds `label` (a table row or a sentence)."""
+    lines = [line for line in text.splitlines() if label in line]
+    assert len(lines) == 1, (label, lines)
+    return lines[0]
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("│┃").split("│")]
+
+
+def test_bench_human_output(tiny_report: tuple[dict, Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    """The tables show the report's own numbers, each on the row it belongs to."""
+    from t2lcli.commands.render.bench import print_report
+
+    r = tiny_report[0]
+    text = _rendered(print_report, r, capsys)
+    m = r["machine"]
+    assert f"{m['cores']} cores, {m['torch_threads']} torch threads" in text and m["cpu"] in text
+    for stage, ms in r["stages_ms"].items():
+        assert f"{ms:.1f}" in _row(text, stage.replace("_", " ") + " ")
+    warm, cpu = r["warm_ms"], r["cpu_time_ms"]["warm"]
+    row = _row(text, "warm (in memory)")
+    assert all(f"{warm[k]:.1f}" in row for k in ("p50", "p95", "p99")) and str(warm["n"]) in row and f"{cpu['p50']:.1f}" in row
+    assert _cells(_row(text, "│ cold `t2l generate`")) == ["cold `t2l generate`", "-", "-", "-", "-", "-"]  # --cold-runs 0
+    rows = [_cells(line) for line in text.splitlines() if line.startswith("│")]
+    for t in r["throughput"]:
+        assert [str(t["batch"]), f"{t['seconds']:.3f}", f"{t['adapters_per_s']:.1f}"] in rows
+    assert f"peak RSS: {r['memory']['peak_rss_mb']:.0f} MiB" in text
+    prompt = r["baselines"]["prompt"]
+    assert f"+{prompt['description_tokens']} tokens/request" in _row(text, "task description in every prompt")
+    assert f"+{prompt['icl_3shot_tokens']} tokens/request" in _row(text, "3-shot in-context examples")
+    assert f"{warm['p50']:.1f} ms" in _row(text, "t2l generate (warm p50)")
+    floor = r["floor"]
+    by_stage = {c[0]: c for c in rows if len(c) == 8}  # the measured / floor table
+    for s in floor["stages"]:
+        assert by_stage[s["stage"]][1:6] == [f"{s['measured_ms']:.2f}", f"{s['floor_ms']:.2f}", f"{s['ratio']:.2f}x", f"{s['gflop']:.3f}", s["kernel"]]
+    tot = floor["total"]
+    assert f"{tot['measured_ms']:.2f}" in _row(text, "total") and f"{tot['ratio']:.2f}x" in _row(text, "total")
+    for t in floor["throughput"]:
+        assert f"batch {t['batch']}: {t['adapters_per_s']:.1f} adapters/s vs floor {t['floor_adapters_per_s']:.1f}" in text
+    assert ", ".join(floor["kernels_tried"]) in text.replace("\n", " ") or floor["kernels_tried"][0] in text
+
+
+def test_plan_human_output(capsys: pytest.CaptureFixture[str]) -> None:
+    """The memory-plan table shows each planned line's GiB and the verdict with the plan's total."""
+    from t2lcli.commands.render.bench import print_plan
+
+    from t2lcli.engine.bench import plan_memory
+    from t2lcli.hardware import load_profile
+
+    plan = plan_memory("llama-3.1-8b", load_profile("gpu-24gb"))
+    text = _rendered(print_plan, plan, capsys)
+    assert "memory plan: llama-3.1-8b on profile gpu-24gb" in text
+    rows = {c[0]: c for c in (_cells(line) for line in text.splitlines() if line.startswith("│"))}
+    for line in plan["lines"]:
+        assert rows[line["item"]][1] == f"{line['gib']:.2f}"
+    assert f"{plan['total_gib']:.2f}" in _row(text, "total")
+    assert f"fits: {plan['total_gib']:.2f} GiB of {plan['usable_gib']:.1f} usable" in text
 
 
 @pytest.mark.slow
@@ -186,13 +244,13 @@ def test_bench_default_shapes_end_to_end(runner, cli_app) -> None:
 @pytest.mark.slow
 def test_baseline_extrapolates_large_bases(monkeypatch: pytest.MonkeyPatch) -> None:
     """Over the full-load limit the base is loaded at depth 4 and scaled to full depth by bytes."""
-    from t2lcli.engine import bench
+    from t2lcli.engine.bench import baselines, load_shape
 
-    monkeypatch.setattr(bench, "FULL_BASE_LIMIT", 1)
-    cfg = bench.load_shape("smollm2-135m")["config"]
-    res = bench.baseline_load_base("smollm2-135m", cfg, repeats=1)
+    monkeypatch.setattr(baselines, "FULL_BASE_LIMIT", 1)
+    cfg = load_shape("smollm2-135m")["config"]
+    res = baselines.baseline_load_base("smollm2-135m", cfg, repeats=1)
     assert res["extrapolated"] and res["depths"] == [4]
-    counts = bench.base_param_counts(cfg)
+    counts = baselines.base_param_counts(cfg)
     sampled = (counts["total"] - 26 * counts["linears_per_layer"]) * 2
     want = res["from_pretrained_s"] + res["read_s"] * res["base_bytes"] / sampled
     assert res["full_load_s"] == pytest.approx(want, abs=2e-3) and res["full_load_s"] > res["load_s"]["4"]

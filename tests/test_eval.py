@@ -87,7 +87,7 @@ def test_every_condition_is_a_row(full_run):
     cell = doc["rows"]["t2l"]["tasks"]["arc_easy"]
     assert cell["score"] == pytest.approx(sum(v["score"] for v in cell["variants"]) / 2)
     # the control uses another benchmark's shipped descriptions (3), never this task's
-    from t2lcli.engine.eval_tasks import CONTROL_OF, default_descriptions
+    from t2lcli.engine.eval.datasets import CONTROL_OF, default_descriptions
 
     ctrl = doc["provenance"]["control"]["gsm8k"]
     assert ctrl["from_task"] == CONTROL_OF["gsm8k"] != "gsm8k"
@@ -144,8 +144,8 @@ def test_description_is_prepended_once_through_the_chat_template(full_run):
 
 def test_no_double_bos_reaches_the_model(tiny_base_dir, tmp_path, monkeypatch):
     """The template emits <s> and the tokenizer would add another: exactly one BOS per sequence must reach the model."""
-    from t2lcli.engine import evaluate
     from t2lcli.engine.base_model import load_base_model
+    from t2lcli.engine.eval import EvalRequest, run_eval
 
     seen: list[torch.Tensor] = []
     real = load_base_model
@@ -161,8 +161,8 @@ def test_no_double_bos_reaches_the_model(tiny_base_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr("t2lcli.engine.base_model.load_base_model", spy)
     sni = _sni_task(tmp_path)  # generation with short prompts (GSM8K questions overflow the tiny model's 256 positions)
-    doc = evaluate.run_eval(evaluate.EvalRequest(tasks=f"arc_easy,sni:{sni}", conditions=["base"], base_model=str(tiny_base_dir), limit=2,
-                                                 max_new_tokens=3, output=tmp_path / "o"), _profile())
+    doc = run_eval(EvalRequest(tasks=f"arc_easy,sni:{sni}", conditions=["base"], base_model=str(tiny_base_dir), limit=2,
+                               max_new_tokens=3, output=tmp_path / "o"), _profile())
     assert doc["status"] == "complete" and seen
     from transformers import AutoTokenizer
 
@@ -181,7 +181,7 @@ def _profile():
 
 
 def test_fewshot_examples_reach_the_prompt(tiny_base_dir, tmp_path):
-    from t2lcli.engine.eval_tasks import _load_local, package_data_dir
+    from t2lcli.engine.eval.datasets import _load_local, package_data_dir
 
     out = tmp_path / "fs"
     res = _cli(["--tasks", "gsm8k,arc_easy", "--conditions", "base", "-m", str(tiny_base_dir), "--limit", "1", "--num-fewshot", "2",
@@ -207,7 +207,7 @@ def test_fewshot_examples_reach_the_prompt(tiny_base_dir, tmp_path):
      ("3 + 4 = 7.0", "7"), ("she paid $1,000.00.", "1000"), ("no number here", "[invalid]"), ("−8 degrees", "-8")],
 )
 def test_gsm8k_number_extraction(text, expected):
-    from t2lcli.engine.eval_tasks import extract_number
+    from t2lcli.engine.eval.configs import extract_number
 
     assert extract_number(text) == expected
 
@@ -216,8 +216,9 @@ def test_gsm8k_scoring_through_lm_eval(tmp_path):
     """Responses with commas, signs and currency are scored right by the real lm-eval pipeline (filters + exact_match)."""
     from lm_eval.api.model import LM
 
-    from t2lcli.engine.eval_tasks import EvalTask, TaskOptions, _build_gsm8k
-    from t2lcli.engine.evaluate import run_lm_eval
+    from t2lcli.engine.eval.configs import _build_gsm8k
+    from t2lcli.engine.eval.datasets import EvalTask, TaskOptions
+    from t2lcli.engine.eval.run import run_lm_eval
 
     docs = [{"question": "q1", "answer": "work <<1+1=2>>\n#### 1234"}, {"question": "q2", "answer": "#### -5"},
             {"question": "q3", "answer": "#### 12.5"}, {"question": "q4", "answer": "#### 1,000"}, {"question": "q5", "answer": "#### 3"}]
@@ -247,8 +248,9 @@ def test_adapter_scaling_matches_generate_and_training(tiny_checkpoint_dir, tiny
     from transformers import AutoModelForCausalLM
 
     from t2lcli.engine.checkpoint import load_checkpoint
-    from t2lcli.engine.eval_tasks import load_tasks
-    from t2lcli.engine.evaluate import EvalRequest, plan_rows
+    from t2lcli.engine.eval.plan import plan_rows
+    from t2lcli.engine.eval.request import EvalRequest
+    from t2lcli.engine.eval.tasks import load_tasks
     from t2lcli.engine.generate import Generator
     from t2lcli.engine.lora_hooks import apply_adapter
 
@@ -278,10 +280,10 @@ def _cli_generate(desc, ckpt, out):
 
 
 def test_interrupted_run_keeps_finished_rows(tiny_base_dir, tmp_path, monkeypatch):
-    from t2lcli.engine import evaluate
+    from t2lcli.engine.eval import run as eval_run
 
     calls = {"n": 0}
-    real = evaluate.run_lm_eval
+    real = eval_run.run_lm_eval
 
     def flaky(*a, **k):
         calls["n"] += 1
@@ -289,10 +291,10 @@ def test_interrupted_run_keeps_finished_rows(tiny_base_dir, tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(evaluate, "run_lm_eval", flaky)
+    monkeypatch.setattr(eval_run, "run_lm_eval", flaky)
     out = tmp_path / "int"
     with pytest.raises(KeyboardInterrupt):
-        evaluate.run_eval(evaluate.EvalRequest(tasks="arc_easy", conditions=["base", "desc-prompt"], descriptions=["a", "b"],
+        eval_run.run_eval(eval_run.EvalRequest(tasks="arc_easy", conditions=["base", "desc-prompt"], descriptions=["a", "b"],
                                                base_model=str(tiny_base_dir), limit=2, output=out), _profile())
     doc = json.loads((out / "results.json").read_text())
     assert doc["status"] == "interrupted" and list(doc["rows"]) == ["base"] and doc["rows"]["base"]["tasks"]["arc_easy"]["n"] == 2
@@ -312,7 +314,7 @@ def _sni_task(tmp: Path, n: int = 20) -> Path:
 
 
 def test_sni_task_heldout_tail_and_rouge(tiny_checkpoint_dir, tmp_path):
-    from t2lcli.engine.eval_tasks import rouge_l
+    from t2lcli.engine.eval.configs import rouge_l
 
     path = _sni_task(tmp_path)
     out = tmp_path / "sni"
@@ -334,7 +336,8 @@ def test_sni_task_heldout_tail_and_rouge(tiny_checkpoint_dir, tmp_path):
 
 
 def test_shipped_data_loads_for_every_benchmark_but_hellaswag():
-    from t2lcli.engine.eval_tasks import SPECS, TaskOptions, load_tasks
+    from t2lcli.engine.eval.datasets import TaskOptions
+    from t2lcli.engine.eval.tasks import SPECS, load_tasks
 
     names = [n for n in SPECS if n != "hellaswag"]
     tasks = load_tasks(names)
@@ -354,7 +357,8 @@ def test_shipped_data_loads_for_every_benchmark_but_hellaswag():
 def test_canonical_solutions_pass_and_bad_code_fails():
     """The code-task programs are assembled right: the reference solutions pass; junk, loops and sockets fail."""
     from t2lcli.engine import code_exec
-    from t2lcli.engine.eval_tasks import TaskOptions, load_tasks
+    from t2lcli.engine.eval.datasets import TaskOptions
+    from t2lcli.engine.eval.tasks import load_tasks
 
     he, mb = load_tasks(["humaneval", "mbpp"])
     code_exec.allow(True)
@@ -388,7 +392,8 @@ def test_default_descriptions_are_three_per_benchmark_and_not_copied():
     """Three of our own per benchmark; none equal to, or a near copy of, T2L's training descriptions of that benchmark."""
     import difflib
 
-    from t2lcli.engine.eval_tasks import SPECS, default_descriptions
+    from t2lcli.engine.eval.datasets import default_descriptions
+    from t2lcli.engine.eval.tasks import SPECS
 
     descs = default_descriptions()
     assert set(descs) == set(SPECS)
@@ -409,7 +414,7 @@ def test_default_descriptions_are_three_per_benchmark_and_not_copied():
 
 @pytest.mark.slow
 def test_default_descriptions_appear_in_no_training_task():
-    from t2lcli.engine.eval_tasks import default_descriptions
+    from t2lcli.engine.eval.datasets import default_descriptions
 
     folder = SHARED / "data" / "t2l-task-descriptions" / "tasks"
     if not folder.is_dir():
@@ -464,8 +469,10 @@ def test_bad_input_is_one_line(args, needle, tmp_path):
 
 
 def test_descriptions_scoping_and_max_descriptions():
-    from t2lcli.engine.eval_tasks import default_descriptions, load_tasks
-    from t2lcli.engine.evaluate import EvalRequest, plan_rows
+    from t2lcli.engine.eval.datasets import default_descriptions
+    from t2lcli.engine.eval.plan import plan_rows
+    from t2lcli.engine.eval.request import EvalRequest
+    from t2lcli.engine.eval.tasks import load_tasks
 
     tasks = load_tasks(["gsm8k", "arc_easy", "arc_challenge"])
     req = EvalRequest(tasks="gsm8k,arc", descriptions=["arc=Pick the right science answer.", "Compute x=5 plus y."], max_descriptions=2)
@@ -477,8 +484,9 @@ def test_descriptions_scoping_and_max_descriptions():
 
 
 def test_lora_rows_global_and_per_task(tiny_checkpoint_dir, tmp_path):
-    from t2lcli.engine.eval_tasks import load_tasks
-    from t2lcli.engine.evaluate import EvalRequest, plan_rows
+    from t2lcli.engine.eval.plan import plan_rows
+    from t2lcli.engine.eval.request import EvalRequest
+    from t2lcli.engine.eval.tasks import load_tasks
 
     ads = _make_adapters(tiny_checkpoint_dir, tmp_path)
     tasks = load_tasks(["gsm8k", "arc_easy"])
@@ -491,7 +499,8 @@ def test_lora_rows_global_and_per_task(tiny_checkpoint_dir, tmp_path):
 
 
 def test_sni_folder_gives_one_task_each(tmp_path):
-    from t2lcli.engine.eval_tasks import load_tasks, parse_task_names, sni_heldout_start
+    from t2lcli.engine.eval.configs import sni_heldout_start
+    from t2lcli.engine.eval.tasks import load_tasks, parse_task_names
 
     _sni_task(tmp_path, n=30)
     meta = json.loads((tmp_path / "task9999_toy_copy.meta.json").read_text())
@@ -507,15 +516,15 @@ def test_sni_folder_gives_one_task_each(tmp_path):
 def test_one_base_load_for_all_conditions(tiny_checkpoint_dir, tmp_path, monkeypatch):
     import transformers
 
-    from t2lcli.engine import evaluate
+    from t2lcli.engine.eval import EvalRequest, run_eval
 
     ads = _make_adapters(tiny_checkpoint_dir, tmp_path)
     loads = []
     real = transformers.AutoModelForCausalLM.from_pretrained
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: loads.append(a) or real(*a, **k))
-    doc = evaluate.run_eval(evaluate.EvalRequest(tasks="arc_easy", conditions=["base", "t2l", "adapter", "lora"], checkpoint=str(tiny_checkpoint_dir),
-                                                 descriptions=["answer the question"], adapters=[str(ads["gen"])], loras=[str(ads["mt"])],
-                                                 limit=1, output=tmp_path / "o"), _profile())
+    doc = run_eval(EvalRequest(tasks="arc_easy", conditions=["base", "t2l", "adapter", "lora"], checkpoint=str(tiny_checkpoint_dir),
+                               descriptions=["answer the question"], adapters=[str(ads["gen"])], loras=[str(ads["mt"])],
+                               limit=1, output=tmp_path / "o"), _profile())
     assert list(doc["rows"]) == ["base", "t2l", "adapter:ad_sent", "lora"] and len(loads) == 1
 
 
@@ -662,7 +671,7 @@ def test_vllm_backend_matches_hf_on_gpu(tmp_path, monkeypatch):
 
 def _tiny_lm(tiny_base_dir):
     from t2lcli.engine.base_model import load_base_model
-    from t2lcli.engine.evaluate import _hf_lm_class
+    from t2lcli.engine.eval.backends import _hf_lm_class
 
     model, tok = load_base_model(str(tiny_base_dir))
     return _hf_lm_class()(pretrained=model, tokenizer=tok, batch_size=3, device="cpu")
@@ -690,11 +699,11 @@ def test_shared_prefix_loglikelihoods_equal_hflm(tiny_base_dir):
 def test_greedy_generate_equals_hf_generate(tiny_base_dir, monkeypatch):
     from lm_eval.api.instance import Instance
 
-    from t2lcli.engine import evaluate
+    from t2lcli.engine.eval import decode
 
     calls = []
-    real = evaluate.greedy_generate
-    monkeypatch.setattr(evaluate, "greedy_generate", lambda *a, **k: calls.append(a[2].shape) or real(*a, **k))
+    real = decode.greedy_generate
+    monkeypatch.setattr(decode, "greedy_generate", lambda *a, **k: calls.append(a[2].shape) or real(*a, **k))
     lm = _tiny_lm(tiny_base_dir)
     prompts = ["<s>user: the cat\nassistant:", "<s>user: name the capital city of a country given the question\nassistant:",
                "<s>user: 1 3 9\nassistant:", "<s>user: math\nassistant:", "<s>user: sat on the mat mat mat\nassistant:"]
@@ -734,8 +743,10 @@ def test_bad_descriptions_file_is_one_line(content, needle, tmp_path):
 def test_descriptions_file_and_sni_control_rotation(tmp_path):
     """File descriptions apply per task (SNI names without the sni: prefix too); --description TASK=... wins; the
     control of an SNI task evaluated with other SNI tasks uses the next SNI task's descriptions."""
-    from t2lcli.engine.eval_tasks import EvalTask, control_task_for
-    from t2lcli.engine.evaluate import EvalRequest, plan_rows, read_descriptions_file
+    from t2lcli.engine.eval.datasets import EvalTask
+    from t2lcli.engine.eval.plan import plan_rows
+    from t2lcli.engine.eval.request import EvalRequest, read_descriptions_file
+    from t2lcli.engine.eval.tasks import control_task_for
 
     f = tmp_path / "d.json"
     f.write_text(json.dumps({"_note": "x", "task1_a": ["A one", "A two"], "sni:task2_b": ["B one"], "gsm8k": ["G"]}))
@@ -759,7 +770,8 @@ def test_descriptions_file_and_sni_control_rotation(tmp_path):
 
 
 def test_sni_prompt_input_only():
-    from t2lcli.engine.eval_tasks import EvalTask, TaskOptions, _build_sni
+    from t2lcli.engine.eval.configs import _build_sni
+    from t2lcli.engine.eval.datasets import EvalTask, TaskOptions
 
     t = EvalTask(name="sni:t", family="sni", output_type="generate_until", metric="rougeL", filter="none", eval_split="test", meta={"definition": "Do X."})
     assert _build_sni(t, TaskOptions(sni_prompt="input"))["doc_to_text"]({"input": "hello"}) == "hello"
@@ -817,9 +829,12 @@ def test_vllm_backend_one_engine_lora_requests_and_rank_check(tiny_checkpoint_di
     """The vllm backend's plumbing, with a stand-in `vllm` (the real one needs a CUDA GPU): one engine whose LoRA
     rank and cache sizes come from the adapters, every adapter a LoRA request on that engine (generated ones written
     once as PEFT folders), base = no request, and a rank vLLM cannot serve refused before any engine starts."""
-    from t2lcli.engine import evaluate
     from t2lcli.engine.adapters import Adapter
+    from t2lcli.engine.eval.backends import VLLMBackend
+    from t2lcli.engine.eval.plan import load_dir_adapter
+    from t2lcli.engine.eval.request import Variant
     from t2lcli.engine.generate import Generator
+    from t2lcli.errors import T2LError
     from t2lcli.hardware import load_profile
 
     calls: dict = {"engines": [], "generate": []}
@@ -828,14 +843,14 @@ def test_vllm_backend_one_engine_lora_requests_and_rank_check(tiny_checkpoint_di
     gen = Generator.load(tiny_checkpoint_dir)
     a, b = gen.generate(["classify sentiment of reviews", "translate english to french"])
     profile = load_profile("gpu-24gb")
-    backend = evaluate.VLLMBackend(tiny_base_dir, profile, [a, b], 0, False, tmp_path / "work")
+    backend = VLLMBackend(tiny_base_dir, profile, [a, b], 0, False, tmp_path / "work")
     assert len(calls["engines"]) == 1
     engine = calls["engines"][0]
     assert engine["enable_lora"] is True and engine["max_lora_rank"] == 8 >= a.r and engine["max_loras"] == 1
     assert engine["max_cpu_loras"] == 2 and engine["model"] == str(tiny_base_dir)
 
     requests = []
-    for variant in (evaluate.Variant("a", adapter=a), evaluate.Variant("b", adapter=b), evaluate.Variant("a again", adapter=a)):
+    for variant in (Variant("a", adapter=a), Variant("b", adapter=b), Variant("a again", adapter=a)):
         handle = backend.activate(variant)
         req = backend.lm.lora_request
         requests.append((req.lora_name, req.lora_int_id, req.lora_path))
@@ -845,11 +860,11 @@ def test_vllm_backend_one_engine_lora_requests_and_rank_check(tiny_checkpoint_di
         assert backend.lm.lora_request is None
     assert requests[0] == requests[2] and requests[0][1] != requests[1][1]  # one id per adapter, reused
     for _, _, path in requests:
-        loaded = evaluate._load_dir_adapter(path)
+        loaded = load_dir_adapter(path)
         assert loaded.r == a.r and set(loaded.tensors) == set(a.tensors)
-    assert backend.activate(evaluate.Variant("base")).remove() is None and backend.lm.lora_request is None
+    assert backend.activate(Variant("base")).remove() is None and backend.lm.lora_request is None
 
     big = Adapter({**a.config, "r": 1024, "lora_alpha": 1024}, a.tensors, {})
-    with pytest.raises(evaluate.T2LError, match="vLLM supports LoRA ranks up to 512"):
-        evaluate.VLLMBackend(tiny_base_dir, profile, [big], 0, False, tmp_path / "work2")
+    with pytest.raises(T2LError, match="vLLM supports LoRA ranks up to 512"):
+        VLLMBackend(tiny_base_dir, profile, [big], 0, False, tmp_path / "work2")
     assert len(calls["engines"]) == 1  # refused before an engine started
