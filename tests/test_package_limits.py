@@ -1,0 +1,61 @@
+"""Issue #19's size limits, checked on the source of the engine packages that have been split (read with `ast`).
+
+- no module over ~400 lines;
+- no function over ~80 lines unless its docstring gives the reason (a line containing "long because").
+
+Add a package to PACKAGES once it has been split; each verb's entry point is `run_<verb>` in its `run.py`.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = {"eval": "run_eval", "bench": "run_bench"}
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+
+
+def _files(pkg: str) -> list[Path]:
+    files = sorted((ROOT / "t2lcli" / "engine" / pkg).glob("*.py"))
+    assert files, f"t2lcli/engine/{pkg}/ holds no modules"
+    return files
+
+
+@pytest.mark.parametrize("pkg", sorted(PACKAGES))
+def test_no_module_over_the_line_limit(pkg):
+    over = {p.name: n for p in _files(pkg) if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert not over, f"modules over {MAX_MODULE_LINES} lines in engine/{pkg}: {over}"
+
+
+@pytest.mark.parametrize("pkg", sorted(PACKAGES))
+def test_no_long_function_without_a_reason(pkg):
+    over = []
+    for p in _files(pkg):
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES and "long because" not in (ast.get_docstring(node) or "").lower():
+                    over.append(f"{p.name}:{node.name} ({length} lines)")
+    assert not over, f"functions over {MAX_FUNCTION_LINES} lines with no reason in their docstring: {over}"
+
+
+@pytest.mark.parametrize("pkg", sorted(PACKAGES))
+def test_entry_point_is_run_verb_in_run_py(pkg):
+    tree = ast.parse((ROOT / "t2lcli" / "engine" / pkg / "run.py").read_text(encoding="utf-8"))
+    names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert PACKAGES[pkg] in names
+
+
+def test_the_checks_see_a_long_function(tmp_path, monkeypatch):
+    """The function check is not vacuous: a made-up 90-line function in a made-up package is reported."""
+    pkg = tmp_path / "t2lcli" / "engine" / "fake"
+    pkg.mkdir(parents=True)
+    body = "\n".join(f"    x{i} = {i}" for i in range(90))
+    (pkg / "run.py").write_text(f'def run_fake():\n    """No reason given."""\n{body}\n', encoding="utf-8")
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    with pytest.raises(AssertionError, match="run_fake"):
+        test_no_long_function_without_a_reason("fake")
+    (pkg / "run.py").write_text(f'def run_fake():\n    """Long because: a table of ninety steps."""\n{body}\n', encoding="utf-8")
+    test_no_long_function_without_a_reason("fake")
