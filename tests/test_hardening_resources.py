@@ -45,10 +45,14 @@ def test_description_limit_is_clear_and_checked_before_loading(runner, cli_app, 
     ok = runner.invoke(cli_app, ["generate", "a" * MAX_DESCRIPTION_CHARS, "-c", str(tiny_checkpoint_dir), "-o", str(tmp_path / "ok")])
     assert ok.exit_code == 0, ok.output
 
+    loads = []
+
     def never(*a, **k):
+        loads.append(a)
         raise AssertionError("the checkpoint was loaded for an over-long description")
 
     monkeypatch.setattr(gen_mod.Generator, "load", classmethod(never))
+    refused = 0
     for text in ("a" * (MAX_DESCRIPTION_CHARS + 1), "word " * 200_000):  # just over, and 1 MB
         res = runner.invoke(cli_app, ["generate", text, "-c", str(tiny_checkpoint_dir), "-o", str(tmp_path / "long")])
         assert res.exit_code == 1 and "Traceback" not in res.output
@@ -56,7 +60,10 @@ def test_description_limit_is_clear_and_checked_before_loading(runner, cli_app, 
         n = len(text.strip())
         assert f"description is {n} characters; the limit is {MAX_DESCRIPTION_CHARS}" in line
         assert "hint:" in res.stderr and not (tmp_path / "long").exists()
-    FIGURES["description limit"] = {"limit (characters)": MAX_DESCRIPTION_CHARS, "checked before loading the checkpoint": True}
+        refused += 1
+    assert loads == []
+    FIGURES["description limit"] = {"limit (characters)": MAX_DESCRIPTION_CHARS, "over-long descriptions refused": refused,
+                                    "checkpoint loads for them": len(loads)}
 
 
 def test_batch_long_lines_are_reported_and_skippable(runner, cli_app, tiny_checkpoint_dir, tmp_path, monkeypatch):
@@ -177,16 +184,54 @@ def _disk_full_line(res) -> None:
     assert "error: no space left on device; nothing partial was kept" in res.stderr
 
 
+DISK_FULL = "disk full (patched writer, ENOSPC half-way)"
+
+
+def _left_behind(case: str, root: Path, kept: dict[str, dict[str, bytes]] | None = None, adapters: bool = False) -> dict[str, int]:
+    """What a write that failed with ENOSPC left under `root`, counted and recorded for the report: folders in `kept`
+    must hold their old bytes, other entries must be complete adapters (`adapters`) or not be there at all."""
+    from test_hardening_kill import snapshot
+
+    from t2lcli.engine.adapters import load_adapter
+
+    kept = kept or {}
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith(TMP_MARK)) if root.exists() else []
+    complete, partial = 0, []
+    lost = [name for name, files in kept.items() if not (root / name).is_dir() or snapshot(root / name) != files]
+    for p in entries:
+        if p.name in kept:
+            continue
+        try:
+            if not adapters:
+                raise ValueError("no output was expected")
+            load_adapter(p)
+            complete += 1
+        except Exception:
+            partial.append(p.name)
+    temps = [p.name for p in root.rglob(f"{TMP_MARK}*")] if root.exists() else []
+    figures = {"complete adapters": complete, "old versions kept": len(kept) - len(lost), "old versions lost": len(lost),
+               "partial outputs": len(partial), "temporaries left": len(temps)}
+    FIGURES.setdefault(DISK_FULL, {})[case] = figures
+    assert partial == [] and temps == [] and lost == [], (case, partial, temps, lost)
+    return figures
+
+
 @pytest.mark.parametrize("as_safetensors", [False, True], ids=["OSError", "SafetensorError"])
 def test_disk_full_generate_single_and_force(runner, cli_app, tiny_checkpoint_dir, tmp_path, monkeypatch, as_safetensors):
     ck = str(tiny_checkpoint_dir)
     assert runner.invoke(cli_app, ["generate", "Translate into French.", "-c", ck, "-o", str(tmp_path / "old")]).exit_code == 0
+    from test_hardening_kill import snapshot
+
     before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
+    old = {"old": snapshot(tmp_path / "old")}
     _enospc_after(monkeypatch, 0, as_safetensors)
+    kind = "SafetensorError" if as_safetensors else "OSError"
     _disk_full_line(runner.invoke(cli_app, ["generate", "Answer math questions.", "-c", ck, "-o", str(tmp_path / "new")]))
     assert not (tmp_path / "new").exists() and _no_temps(tmp_path)
+    _left_behind(f"generate ({kind})", tmp_path, old)
     _disk_full_line(runner.invoke(cli_app, ["generate", "Answer math questions.", "-c", ck, "-o", str(tmp_path / "old"), "--force"]))
     assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before and _no_temps(tmp_path)  # the old version
+    assert _left_behind(f"generate --force ({kind})", tmp_path, old)["old versions kept"] == 1
 
 
 def test_disk_full_text_files(runner, cli_app, tiny_checkpoint_dir, tmp_path, monkeypatch):
@@ -202,6 +247,7 @@ def test_disk_full_text_files(runner, cli_app, tiny_checkpoint_dir, tmp_path, mo
     monkeypatch.setattr(Path, "write_text", write_text)
     _disk_full_line(runner.invoke(cli_app, ["generate", "Answer math.", "-c", str(tiny_checkpoint_dir), "-o", str(tmp_path / "o")]))
     assert not (tmp_path / "o").exists() and _no_temps(tmp_path)
+    _left_behind("README write", tmp_path)
 
 
 def test_disk_full_batch_keeps_only_complete_adapters(runner, cli_app, tiny_checkpoint_dir, tmp_path, monkeypatch):
@@ -216,6 +262,7 @@ def test_disk_full_batch_keeps_only_complete_adapters(runner, cli_app, tiny_chec
     assert len(done) == 2 and len(res.stdout.splitlines()) == 2 and _no_temps(tmp_path / "out")
     for name in done:
         load_adapter(tmp_path / "out" / name)
+    assert _left_behind("batch of 6", tmp_path / "out", adapters=True)["complete adapters"] == 2
 
 
 def test_disk_full_merge_and_convert(runner, cli_app, tiny_base_dir, tmp_path, monkeypatch):
@@ -229,13 +276,11 @@ def test_disk_full_merge_and_convert(runner, cli_app, tiny_base_dir, tmp_path, m
     cases = {"merge combine": ["merge", str(a), str(b), "-o", str(tmp_path / "out" / "ab")],
              "merge --into-base": ["merge", str(a), "--into-base", "--base-model", str(tiny_base_dir), "-o", str(tmp_path / "out" / "full")],
              "convert": ["convert", str(official), "-o", str(tmp_path / "out" / "conv")]}
-    for args in cases.values():
+    for case, args in cases.items():
         _disk_full_line(runner.invoke(cli_app, args))
+        _left_behind(case, tmp_path / "out")
     left = sorted(p.name for p in (tmp_path / "out").iterdir()) if (tmp_path / "out").exists() else []
     assert left == [], left  # no output folder and no temporary
-    FIGURES["disk full (patched writer, ENOSPC half-way)"] = {
-        "cases": ["generate", "generate --force (old kept)", "README write", "batch (2 of 6 complete, rest absent)", *cases],
-        "partial outputs": 0}
 
 
 UNSHARE_SCRIPT = r"""
@@ -252,10 +297,14 @@ from pathlib import Path
 from t2lcli.engine.adapters import load_adapter
 mnt = Path(sys.argv[1])
 names = sorted(p.name for p in (mnt / "out").iterdir()) if (mnt / "out").exists() else []
+partial = []
 for n in names:
     if not n.startswith(".t2l-tmp-"):
-        load_adapter(mnt / "out" / n)
-print(json.dumps({"entries": names, "single_exists": (mnt / "single").exists(),
+        try:
+            load_adapter(mnt / "out" / n)
+        except Exception as exc:
+            partial.append(f"{n}: {type(exc).__name__}")
+print(json.dumps({"entries": names, "partial": partial, "single_exists": (mnt / "single").exists(),
                   "temps": [p.name for p in mnt.rglob(".t2l-tmp-*")]}))
 EOF
 """
@@ -284,9 +333,11 @@ def test_real_full_tmpfs(tiny_checkpoint_dir, tmp_path):
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and ("no space left on device" in lines[0] or "No space left on device" in lines[0]), err[-1000:]
     written = [n for n in check["entries"] if not n.startswith(TMP_MARK)]
+    assert check["partial"] == [], check["partial"]
     assert 0 < len(written) < 40 and check["temps"] == [] and len((box / "stdout.txt").read_text().splitlines()) == len(written)
     rc_single, err_single = int((box / "rc_single.txt").read_text()), (box / "stderr_single.txt").read_text()
     assert rc_single == 1 and "Traceback" not in err_single and not check["single_exists"], err_single[-1000:]
-    FIGURES["disk full (real 128 KiB tmpfs)"] = {"batch of 40: complete adapters written before ENOSPC": len(written),
-                                                 "partial outputs": 0, "temporaries left": 0, "single into a full tmpfs": "nothing written",
+    FIGURES["disk full (real 128 KiB tmpfs)"] = {"batch of 40: complete adapters written before ENOSPC": len(written) - len(check["partial"]),
+                                                 "partial outputs": len(check["partial"]), "temporaries left": len(check["temps"]),
+                                                 "single into a full tmpfs": "a folder was left" if check["single_exists"] else "nothing written",
                                                  "messages": [lines[0], next(ln for ln in err_single.splitlines() if ln.startswith("error:"))]}
