@@ -7,6 +7,7 @@ folder on PYTHONPATH and runs the real `python -m t2lcli` in a subprocess, so th
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -235,3 +236,57 @@ def test_entry_point_load_follows_attribute_paths():
     assert EntryPoint("x", "os.path", ENTRY_POINT_GROUP).load() is os.path
     with pytest.raises(ValueError, match="malformed"):
         EntryPoint("x", "not a value!", ENTRY_POINT_GROUP).load()
+
+
+PLUGIN_PYPROJECT = '''
+[build-system]
+requires = ["setuptools"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "t2l-hello-plugin"
+version = "0.1"
+
+[project.entry-points."t2l.commands"]
+hello-pip = "t2l_hello_pip:hello"
+'''
+
+PLUGIN_MODULE = '''
+def hello(name: str = "world") -> None:
+    """Say hello from a pip-installed plugin."""
+    print(f"hello from pip, {name}")
+'''
+
+
+def test_pip_installed_plugin_appears_in_the_real_t2l_script(tmp_path):
+    """The way a user gets a plugin: `pip install` a distribution declaring a `t2l.commands` entry point, then run the
+    installed `t2l` console script (the help cache included): the command is listed, runs, and goes when uninstalled."""
+    t2l = Path(sys.executable).parent / "t2l"
+    if not t2l.is_file():
+        pytest.skip("no t2l console script next to this interpreter (not an installed environment)")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(PLUGIN_PYPROJECT)
+    (project / "t2l_hello_pip.py").write_text(PLUGIN_MODULE)
+    site = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-build-isolation",
+                          "--target", str(site), str(project)], capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stdout[-2000:] + pip.stderr[-2000:]
+    dist = next(site.glob("t2l_hello_plugin-0.1.dist-info"))
+    assert "[t2l.commands]" in (dist / "entry_points.txt").read_text()  # pip wrote the entry point, not this test
+    env = {k: v for k, v in os.environ.items() if k not in ("T2L_LOAD_PLUGINS", "T2L_HELP_CACHE")}
+    env.update(PYTHONPATH=str(site), T2L_HOME=str(tmp_path / "home"), COLUMNS="200")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(t2l), *args], capture_output=True, text=True, env=env, timeout=120)
+
+    listed = run("--help")
+    assert listed.returncode == 0 and _listed(listed.stdout, "hello-pip"), listed.stdout[-3000:] + listed.stderr[-2000:]
+    assert _listed(run("--help").stdout, "hello-pip")  # served again (from the help cache this time)
+    ran = run("hello-pip", "--name", "t2l")
+    assert ran.returncode == 0 and ran.stdout == "hello from pip, t2l\n", ran.stdout + ran.stderr
+    for p in site.iterdir():  # uninstalled: the next --help (cache keyed on entry_points.txt) no longer lists it
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    gone = run("--help")
+    assert gone.returncode == 0 and not _listed(gone.stdout, "hello-pip") and _listed(gone.stdout, "generate")
+    assert run("hello-pip").returncode == 2
