@@ -40,7 +40,7 @@ def main() -> int:
         for mod in ("t2lcli.engine.generate", "t2lcli.engine.vllm_resolver", "vllm.lora.resolver", "peft"):
             importlib.import_module(mod)
             ok(f"import {mod}")
-        from t2lcli.engine.evaluate import lm_eval_vllm
+        from t2lcli.engine.eval.backends import lm_eval_vllm
 
         lm_eval_vllm()
         ok("import lm-eval's vLLM wrapper")
