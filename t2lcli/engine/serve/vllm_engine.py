@@ -216,6 +216,8 @@ class VllmServeEngine(AdapterServing):
                     job.sink({"type": "delta", "text": c.text})
                 if out.finished:
                     reason = c.finish_reason or "stop"
+                    if reason == "stop" and c.stop_reason is None and c.token_ids:
+                        produced -= 1  # vLLM counts the EOS token; the hf backend (and OpenAI's usage) does not
             self._done(job, reason, produced)
         except asyncio.CancelledError:  # the client went away: AsyncLLM.generate aborts the request on cancel
             self._done(job, "cancelled", produced)
