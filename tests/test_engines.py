@@ -348,3 +348,138 @@ def test_llamacpp_runs_the_gguf_export_like_the_merged_model(tmp_path):
     assert _count_equal(merged["merged"], ref["peft"]) >= n - 1
     # no drift beyond the base's own quantization drift (one prompt of slack: a near-tie can flip either way)
     assert same_ad >= same_base - 1 and pre_ad >= 0.7 * pre_base
+
+
+# ------------------------------------------------------------------------------------------------ t2l serve --backend vllm
+
+DESCRIPTION_2 = "Translate English sentences into French."
+
+
+@contextlib.contextmanager
+def t2l_serve_vllm(cache: Path, log: Path, *extra: str):
+    """`t2l serve --backend vllm` from vLLM's venv on 127.0.0.1 and a free port; yields (url, proc); always stopped."""
+    port = _free_port()
+    cmd = [str(Path(sys.executable).with_name("t2l")), "serve", "--backend", "vllm", "--host", "127.0.0.1", "--port", str(port),
+           "--max-batch", "4", "--max-model-len", "1024", *extra]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(T2L_VLLM_CACHE=str(cache)), start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while "t2l serve: listening on" not in log.read_text(errors="replace"):
+            if proc.poll() is not None:
+                pytest.fail(f"t2l serve --backend vllm exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"t2l serve --backend vllm did not listen in {SERVER_START_S} s:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(1)
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
+
+def _get(url: str, timeout: float = 60) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def test_t2l_serve_backend_vllm_answers_like_peft(tmp_path):
+    """Two descriptions and the base in one concurrent batch on vLLM's engine: greedy answers equal peft's with the
+    adapters `t2l generate` writes, under the same ids; bad input gets an OpenAI-style 4xx and the server keeps serving."""
+    _need_vllm()
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transformers import AutoTokenizer
+
+    base = _base()
+    descs = {"a": DESCRIPTION, "b": DESCRIPTION_2}
+    shas = {}
+    for k, d in descs.items():
+        gen = _t2l(MAIN_BIN, "generate", d, "-o", str(tmp_path / k), "--json")
+        assert gen.returncode == 0, gen.stderr
+        doc = json.loads(gen.stdout)
+        shas[k] = (doc if isinstance(doc, dict) else doc[0])["sha256"]
+    n_new = 48
+    ref = _greedy("peft", {"base": base, "prompts": [QUESTION], "max_new_tokens": n_new,
+                           "adapters": {"a": str(tmp_path / "a"), "b": str(tmp_path / "b"), "base": None}}, tmp_path)
+    tok = AutoTokenizer.from_pretrained(base)
+    eos = tok.eos_token_id
+
+    def want(k: str) -> tuple[str, int]:
+        ids = ref[k][0]
+        return tok.decode(ids, skip_special_tokens=True), len(ids) - (1 if ids and ids[-1] == eos else 0)
+
+    assert len({want(k)[0] for k in ("a", "b", "base")}) == 3, "the adapters must change the answer, or the test cannot tell them apart"
+    cache = tmp_path / "cache"
+    t_start = time.perf_counter()
+    with t2l_serve_vllm(cache, tmp_path / "serve.log") as (url, proc):
+        started_s = time.perf_counter() - t_start
+        name = json.loads(_get(url + "/v1/models")[1])["data"][0]["id"]  # the registry name, e.g. smollm2-135m-instruct
+        chat = {"model": name, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": n_new}
+        bodies = {"a": {**chat, "t2l": {"description": descs["a"]}}, "b": {**chat, "t2l": {"description": descs["b"]}}, "base": chat}
+
+        def batch(bodies: dict) -> tuple[dict, float]:
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(len(bodies)) as ex:
+                futs = {k: ex.submit(_post, url + "/v1/chat/completions", b) for k, b in bodies.items()}
+                out = {k: f.result() for k, f in futs.items()}
+            return out, time.perf_counter() - t0
+
+        for label, reqs in (("by description (adapters generated now)", bodies),
+                            ("by id (cached adapters)", {"a": {**chat, "model": "t2l:" + shas["a"]}, "b": {**chat, "model": "t2l:" + shas["b"][:16]},
+                                                         "base": chat})):
+            got, wall = batch(reqs)
+            same = 0
+            for k, (code, r) in got.items():
+                assert code == 200, (k, code, r)
+                text, n = want(k)
+                answer, used = r["choices"][0]["message"]["content"], r["usage"]["completion_tokens"]
+                same += answer == text and used == n
+                print(f"{label} [{k}]: {used}/{n} tokens, equal to peft: {answer == text and used == n}; {answer!r}; t2l={r['t2l']}")
+                assert r["t2l"]["adapter_id"] == (shas[k] if k != "base" else None)
+                assert r["model"] == (f"t2l:{shas[k]}" if k != "base" else name)
+                assert (answer, used) == (text, n), (k, answer, text, used, n)
+            print(f"{label}: {same}/3 answers equal peft's token count and text; wall {wall:.1f} s; "
+                  f"batch sizes {[got[k][1]['t2l']['batch_size'] for k in got]}")
+            assert max(got[k][1]["t2l"]["batch_size"] for k in got) >= 2, "three concurrent requests never shared a step"
+        print("sample response:", json.dumps(got["a"][1])[:800])
+        # the cache folder holds the adapters under the ids `t2l generate --json` printed, as PEFT folders vLLM loaded
+        assert sorted(p.name for p in cache.iterdir() if len(p.name) == 64) == sorted(shas.values())
+
+        # streaming: the same text in chunks, ending in [DONE]
+        req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps({**bodies["a"], "stream": True}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=300) as r:
+            lines = [ln.decode()[6:].strip() for ln in r if ln.startswith(b"data: ")]
+        assert lines[-1] == "[DONE]"
+        streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in map(json.loads, lines[:-1]))
+        assert streamed == want("a")[0], (streamed, want("a")[0])
+
+        # bad input: an OpenAI-style 4xx JSON error, and the server keeps serving
+        bad = [({**chat, "t2l": {"description": "   "}}, 400, "invalid_description"),
+               ({**chat, "t2l": {"description": "x" * 30000}}, 400, None),
+               ({**chat, "model": "t2l:" + "0" * 64}, 404, "adapter_not_found"),
+               ({**chat, "model": "no-such-model"}, 404, "model_not_found"),
+               ({**chat, "max_tokens": 10**6}, 400, "invalid_value")]
+        for body, status, code in bad:
+            got_code, err = _post(url + "/v1/chat/completions", body)
+            assert got_code == status and set(err.get("error", {})) >= {"message", "type", "code"}, (body.get("model"), got_code, err)
+            assert code is None or err["error"]["code"] == code, err
+        print(f"bad requests -> {[s for _, s, _ in bad]}:", json.dumps(err)[:300])
+        code, r = _post(url + "/v1/chat/completions", chat)
+        assert code == 200 and r["choices"][0]["message"]["content"] == want("base")[0]
+        status, health = _get(url + "/health")
+        assert status == 200 and json.loads(health)["adapters"] == 2
+        status, page = _get(url + "/")
+        assert status == 200 and b"<" in page[:100]
+        status, metrics = _get(url + "/metrics")
+        assert status == 200 and b"t2l_requests_total" in metrics
+        assert proc.poll() is None
+    print(f"server listened {started_s:.0f} s after start")
+    log = (tmp_path / "serve.log").read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]

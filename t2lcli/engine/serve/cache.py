@@ -28,6 +28,7 @@ class CacheEntry:
     nbytes: int
     info: dict[str, Any] = field(default_factory=dict)  # name, description, scale, scaling, generate_ms, created
     in_use: int = 0
+    path: Any = None  # the PEFT folder on disk, where the backend reads adapters from files (vLLM); else None
 
 
 class AdapterCache:

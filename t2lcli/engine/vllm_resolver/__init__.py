@@ -148,23 +148,37 @@ class T2LAdapterCache:
                 if (hit / WEIGHTS_NAME).is_file():
                     return hit
             gen = self._generator()
-            adapter = gen.generate([description])[0]
-            self.root.mkdir(parents=True, exist_ok=True)
-            staging = self.root / f".staging-{os.getpid()}-{threading.get_ident()}"
-            gen.save(adapter, staging, force=True)
-            ident = adapter_id(staging / WEIGHTS_NAME)
-            final = self.root / ident
-            if (final / WEIGHTS_NAME).is_file():
-                import shutil
-
-                shutil.rmtree(staging, ignore_errors=True)
-            else:
-                os.replace(staging, final)
+            final = store_adapter(self.root, gen.generate([description])[0])
             idx.parent.mkdir(parents=True, exist_ok=True)
             tmp = idx.with_name(f".{idx.name}.{os.getpid()}")
-            tmp.write_text(ident, encoding="utf-8")
+            tmp.write_text(final.name, encoding="utf-8")
             os.replace(tmp, idx)  # the index entry appears whole or not at all
             return final
+
+
+def store_adapter(root: Path, adapter: Any) -> Path:
+    """Write `adapter` once as the PEFT folder `root/<id>/` (what `t2l generate` writes, float32) and return it.
+
+    The id is the sha256 of the written weights file; a folder already holding that id is kept (same bytes). Written
+    under a staging name and renamed, so a reader (vLLM loading the LoRA) never sees half a folder. Used by the
+    resolver and by `t2l serve --backend vllm`: one cache layout, one id.
+    """
+    import torch
+
+    from t2lcli.engine.adapters import WEIGHTS_NAME, save_adapter
+
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".staging-{os.getpid()}-{threading.get_ident()}"
+    save_adapter(adapter, staging, force=True, dtype=torch.float32)
+    ident = adapter_id(staging / WEIGHTS_NAME)
+    final = root / ident
+    if (final / WEIGHTS_NAME).is_file():
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+    return final
 
 
 # ------------------------------------------------------------------------------------------------ the vLLM side
