@@ -131,7 +131,9 @@ def test_vllm_serve_resolves_t2l_descriptions_like_peft(tmp_path):
     from t2lcli.engine.vllm_resolver import encode_name
 
     base = _base()
-    gen = _t2l(MAIN_BIN, "generate", DESCRIPTION, "-o", str(tmp_path / "ad"), "--json")
+    # `t2l generate` of the installation the resolver runs in: the hot path's kernel choice is measured per installation
+    # ($T2L_HOME/kernels.json, keyed by the torch/numpy versions), and another kernel changes an adapter's last bits
+    gen = _t2l(Path(sys.executable).parent, "generate", DESCRIPTION, "-o", str(tmp_path / "ad"), "--json")
     assert gen.returncode == 0, gen.stderr
     sha = json.loads(gen.stdout)["sha256"] if gen.stdout.strip().startswith("{") else json.loads(gen.stdout)[0]["sha256"]
     question = QUESTION
@@ -400,7 +402,7 @@ def test_t2l_serve_backend_vllm_answers_like_peft(tmp_path):
     descs = {"a": DESCRIPTION, "b": DESCRIPTION_2}
     shas = {}
     for k, d in descs.items():
-        gen = _t2l(MAIN_BIN, "generate", d, "-o", str(tmp_path / k), "--json")
+        gen = _t2l(Path(sys.executable).parent, "generate", d, "-o", str(tmp_path / k), "--json")  # the server's installation (kernels)
         assert gen.returncode == 0, gen.stderr
         doc = json.loads(gen.stdout)
         shas[k] = (doc if isinstance(doc, dict) else doc[0])["sha256"]

@@ -32,7 +32,12 @@ static int greedy(struct llama_context *ctx, const struct llama_vocab *vocab, ll
 int main(int argc, char **argv) {
     if (argc < 4) { fprintf(stderr, "usage: llama_greedy BASE.gguf PROMPTS_FILE N_NEW [adapter.gguf ...]\n"); return 2; }
     llama_backend_init();
-    struct llama_model *model = llama_model_load_from_file(argv[1], llama_model_default_params());
+    struct llama_model_params mp = llama_model_default_params();
+    /* llama.cpp 11434's AMX weight repacking (the "extra buffer types" on Xeons with AMX) segfaults on this Q4_1 GGUF
+       with or without an adapter; T2L_LLAMA_EXTRA_BUFTS=1 turns it back on */
+    const char *eb = getenv("T2L_LLAMA_EXTRA_BUFTS");
+    mp.use_extra_bufts = eb && eb[0] == '1';
+    struct llama_model *model = llama_model_load_from_file(argv[1], mp);
     if (!model) { fprintf(stderr, "cannot load base\n"); return 1; }
     struct llama_context_params cp = llama_context_default_params();
     cp.n_ctx = 2048; cp.n_batch = 2048; cp.n_threads = 2; cp.n_threads_batch = 2;

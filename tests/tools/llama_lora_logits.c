@@ -20,6 +20,8 @@ int main(int argc, char **argv) {
     if (argc < 4) return 2;
     llama_backend_init();
     struct llama_model_params mp = llama_model_default_params();
+    const char *eb = getenv("T2L_LLAMA_EXTRA_BUFTS");  /* AMX repacking segfaults in llama.cpp 11434: see llama_greedy.c */
+    mp.use_extra_bufts = eb && eb[0] == '1';
     struct llama_model *model = llama_model_load_from_file(argv[1], mp);
     if (!model) { fprintf(stderr, "cannot load base\n"); return 1; }
     struct llama_context_params cp = llama_context_default_params();
