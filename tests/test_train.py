@@ -285,7 +285,7 @@ def test_list_and_show_recipes(runner, cli_app):
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(runner, cli_app, tiny_data, train_base_dir, tiny_encoder_dir, tmp_path, monkeypatch):
-    from t2lcli.engine import train as tr
+    from t2lcli.engine.train import trainer as tr  # where the step looks the loss up
 
     recipe = write_recipe(tmp_path / "r.yaml", tiny_data, train_base_dir, tiny_encoder_dir, **{"log.ckpt_every": 2, "log.val_every": 0})
     orig = tr.answer_loss

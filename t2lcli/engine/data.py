@@ -22,13 +22,6 @@ SNI_SUFFIX = " Please complete the task without any explanation."
 
 
 @dataclass
-class Example:
-    task: str
-    prompt: str
-    answer: str
-
-
-@dataclass
 class Task:
     name: str
     definition: str
