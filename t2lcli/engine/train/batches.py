@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from t2lcli.engine.data import Task, answer_of, build_prompt, load_sni_task, load_user_tasks
+from t2lcli.engine.data import Task, answer_of, build_prompt, load_sni_task, load_user_tasks, sni_task_files
 from t2lcli.errors import DataError
 from t2lcli.recipe import Recipe
 
@@ -27,13 +28,50 @@ def select_tasks(recipe: Recipe) -> tuple[list[Task], list[Task]]:
     desc_dir = Path(d.descriptions_dir) if d.descriptions_dir else None
     if desc_dir is not None and not desc_dir.is_dir():
         raise DataError(f"descriptions folder not found: {desc_dir}", hint="set data.descriptions_dir")
-    names = d.train_tasks or sorted(p.name[: -len(".meta.json")] for p in sni.glob("*.meta.json"))
-    skip = set(d.heldout_tasks) | set(d.exclude_tasks)
-    train = [load_sni_task(sni, n, desc_dir, d.max_instances_per_task) for n in names if n not in skip]
-    held = [load_sni_task(sni, n, desc_dir, None) for n in d.heldout_tasks]
+    names, held_names = resolve_task_names(recipe)
+    train = [load_sni_task(sni, n, desc_dir, d.max_instances_per_task) for n in names]
+    held = [load_sni_task(sni, n, desc_dir, None) for n in held_names]
     if not train:
         raise DataError("no training tasks selected")
     return train, held
+
+
+def resolve_task_names(recipe: Recipe) -> tuple[list[str], list[str]]:
+    """(training, held-out) task names of an SNI recipe, in training order, without reading the tasks:
+    `data.train_tasks`, or every task in `data.sni_dir` when it is empty, less the held-out and excluded ones."""
+    d = recipe.data
+    sni = Path(d.sni_dir)
+    names = d.train_tasks or sorted(p.name[: -len(".meta.json")] for p in sni.glob("*.meta.json"))
+    skip = set(d.heldout_tasks) | set(d.exclude_tasks)
+    return [n for n in names if n not in skip], list(d.heldout_tasks)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_fingerprint(recipe: Recipe) -> dict[str, Any]:
+    """What a run's data are, hashed, for provenance and the `data.data_sha256` pin: `train_tasks_sha256` over the
+    resolved training task names (in order; SNI data) and `data_sha256` over every file the run reads (the training and held-out
+    tasks' data, meta and description files; or the user JSONL and descriptions), each as `label<TAB>sha256` with a
+    location-free label, so the hash does not depend on where the data folder sits."""
+    d = recipe.data
+    if d.user_jsonl:
+        files = {label: Path(p) for label, p in (("user_jsonl", d.user_jsonl), ("user_descriptions", d.user_descriptions)) if Path(p).is_file()}
+        names: list[str] | None = None  # known only once the JSONL is read; provenance lists them
+    else:
+        names, held = resolve_task_names(recipe)
+        sni, desc_dir = Path(d.sni_dir), Path(d.descriptions_dir) if d.descriptions_dir else None
+        files = {}
+        for n in dict.fromkeys(names + held):
+            files.update(sni_task_files(sni, n, desc_dir))
+    listing = "".join(f"{label}\t{_file_sha256(files[label])}\n" for label in sorted(files))
+    return {"train_tasks_sha256": None if names is None else hashlib.sha256("\n".join(names).encode()).hexdigest(),
+            "data_sha256": hashlib.sha256(listing.encode()).hexdigest(), "files": len(files)}
 
 
 class Tokenized:

@@ -44,6 +44,7 @@ class TrainerCheckpoints:
     dropped: dict[str, str]
     too_long: int
     init_info: dict[str, Any] | None
+    data_info: dict[str, Any]
 
     def load_embedding_cache(self) -> None:
         """Embeddings of descriptions are computed lazily (the encoder is frozen) and cached on disk across resumes."""
@@ -78,6 +79,7 @@ class TrainerCheckpoints:
             "seconds": round(seconds, 1),
             "train_tasks": [t.name for t in self.tasks],
             "heldout_tasks": [t.name for t in self.heldout],
+            "data": self.data_info,
             "dropped_tasks": self.dropped,
             "examples_too_long": self.too_long,
             "n_train_descriptions_per_task": r.data.n_train_descs,

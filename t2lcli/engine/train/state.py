@@ -68,6 +68,7 @@ def recipe_fingerprint(recipe: Recipe) -> str:
         if d[section].get(key) == default:  # options added later: at their defaults, earlier runs still resume
             d[section].pop(key)
     d.pop("log", None)
+    d["data"].pop("data_sha256", None)  # a check on the data, not a setting: pinning it does not change the run
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from t2lcli.engine.data import HierarchicalSampler, answer_of, build_prompt
-from t2lcli.engine.train.batches import Tokenized, collate, prepare
+from t2lcli.engine.train.batches import Tokenized, collate, data_fingerprint, prepare
 from t2lcli.engine.train.checkpoints import TrainerCheckpoints
 from t2lcli.engine.train.generators import fresh_lora, warm_start_adapter, warm_start_checkpoint
 from t2lcli.engine.train.loss import answer_loss
-from t2lcli.errors import T2LError
+from t2lcli.errors import DataError, T2LError
 from t2lcli.recipe import Recipe
 
 
@@ -42,6 +42,7 @@ class Trainer(TrainerCheckpoints):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.tok = Tokenized(tokenizer, r.data.max_len)
+        self.data_info = check_data_pin(r)
         self.tasks, self.encoded, self.heldout, self.dropped, self.too_long = prepare(r, self.tok)
         self.shape = shape_from_config(base_model.config.to_dict(), hs.target_modules)
         self.enc_spec = encoder_spec_for(r.encoder)
@@ -272,3 +273,17 @@ class Trainer(TrainerCheckpoints):
         if self.recipe.mode == "lora":
             return warm_start_adapter(self.net, spec, self.recipe.hypernet.r, self.paths, self.shape.n_layers)
         return warm_start_checkpoint(self.net, spec, self.ckpt.config, self.enc_spec.model)
+
+
+def check_data_pin(recipe: Recipe) -> dict[str, Any]:
+    """The data fingerprint (`batches.data_fingerprint`), refused with a DataError when `data.data_sha256` pins
+    another: the files changed since the recipe was pinned (a task added to or removed from an empty train_tasks
+    list, an edited task file or description), so the run would not reproduce the checkpoint it was made for."""
+    info = data_fingerprint(recipe)
+    pin = recipe.data.data_sha256.strip().lower()
+    if pin and pin != info["data_sha256"]:
+        raise DataError(f"the training data are not the ones data.data_sha256 pins: the {info['files']} files read hash to "
+                        f"{info['data_sha256'][:16]}..., the recipe pins {pin[:16]}...",
+                        hint="restore the data the recipe was pinned to, or clear the pin (--set data.data_sha256=\"\") "
+                             "to train on the data as they are")
+    return info
