@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from t2lcli.engine.adapters import tensors_sha256  # a file's sha256, streamed
 from t2lcli.engine.data import Task, answer_of, build_prompt, load_sni_task, load_user_tasks, sni_task_files
 from t2lcli.errors import DataError
 from t2lcli.recipe import Recipe
@@ -46,14 +47,6 @@ def resolve_task_names(recipe: Recipe) -> tuple[list[str], list[str]]:
     return [n for n in names if n not in skip], list(d.heldout_tasks)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def data_fingerprint(recipe: Recipe) -> dict[str, Any]:
     """What a run's data are, hashed, for provenance and the `data.data_sha256` pin: `train_tasks_sha256` over the
     resolved training task names (in order; SNI data) and `data_sha256` over every file the run reads (the training and held-out
@@ -69,7 +62,7 @@ def data_fingerprint(recipe: Recipe) -> dict[str, Any]:
         files = {}
         for n in dict.fromkeys(names + held):
             files.update(sni_task_files(sni, n, desc_dir))
-    listing = "".join(f"{label}\t{_file_sha256(files[label])}\n" for label in sorted(files))
+    listing = "".join(f"{label}\t{tensors_sha256(files[label])}\n" for label in sorted(files))
     return {"train_tasks_sha256": None if names is None else hashlib.sha256("\n".join(names).encode()).hexdigest(),
             "data_sha256": hashlib.sha256(listing.encode()).hexdigest(), "files": len(files)}
 
