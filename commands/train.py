@@ -62,11 +62,11 @@ def train(
 
     prof = load_profile(profile)
     from t2lcli.engine.base_model import resolve_device
-    from t2lcli.engine.train import run_training
+    from t2lcli.engine.train import run_train
 
     device = resolve_device(prof.base.device)
-    res = run_training(rec, output, resume=resume, force=force, max_steps=max_steps, time_budget_s=time_budget, device=device,
-                       on_metrics=None if json_out else _print_metrics)
+    res = run_train(rec, output, resume=resume, force=force, max_steps=max_steps, time_budget_s=time_budget, device=device,
+                    on_metrics=None if json_out else _print_metrics)
     summary = {"output": str(res.output), "steps": res.steps, "final": str(res.final) if res.final else None,
                "last_loss": res.last_loss, "seconds": round(res.seconds, 1), "stopped": res.stopped, "metrics": str(res.metrics_path)}
     if json_out:

@@ -41,6 +41,7 @@ class DataSection:
     max_instances_per_task: int = 1000
     prompt: str = "input"  # input | definition | mix (a definition_frac share of the examples carry the definition)
     definition_frac: float = 0.5  # prompt: mix only; drawn per example from the sampler's seeded (resumable) RNG
+    data_sha256: str = ""  # when set, training refuses data whose files hash otherwise (provenance: training.data)
 
 
 @dataclass

@@ -51,6 +51,27 @@ def test_recipe_pins_the_trained_task_list():
         assert not missing, missing
 
 
+def test_recipe_and_provenance_pin_the_data(monkeypatch):
+    """The recipe's resolved task list and its data hash are the shipped checkpoint's and the multi-task LoRA's
+    (`make train-default` / `train-default-lora` reproduce them); where ../shared is there, the files still hash to it."""
+    import hashlib
+
+    from t2lcli.engine.train.batches import data_fingerprint, resolve_task_names
+    from t2lcli.recipe import load_recipe
+
+    recipe = load_recipe("default")
+    names, held = resolve_task_names(recipe)
+    for prov in (json.loads((DEFAULT / "t2l_config.json").read_text())["training"],
+                 json.loads((LORA / "t2l_adapter.json").read_text())["training"]):
+        assert names == prov["train_tasks"] and held == prov["heldout_tasks"]
+        assert prov["data"]["data_sha256"] == recipe.data.data_sha256
+        assert prov["data"]["train_tasks_sha256"] == hashlib.sha256("\n".join(names).encode()).hexdigest()
+    monkeypatch.chdir(PKG.parent)  # the recipe's data paths are relative to the repository root
+    if Path(recipe.data.sni_dir).is_dir():
+        got = data_fingerprint(recipe)
+        assert got["data_sha256"] == recipe.data.data_sha256 and got["files"] == 262, got
+
+
 def test_generate_with_no_flags_uses_the_default(runner, cli_app, tmp_path, monkeypatch):
     from t2lcli.engine.adapters import load_adapter
 

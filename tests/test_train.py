@@ -273,6 +273,51 @@ def test_task_without_descriptions(runner, cli_app, tiny_data, train_base_dir, t
     assert res.exit_code == 1 and "no descriptions" in res.output
 
 
+def test_data_pin_refuses_other_data_and_provenance_records_it(runner, cli_app, tiny_data, train_base_dir, tiny_encoder_dir, tmp_path):
+    """`data.data_sha256` pins every file a run reads and provenance records the same hash, so a recipe whose
+    `train_tasks: []` would silently resolve to a grown task folder (or an edited file) refuses to train."""
+    import shutil
+
+    from t2lcli.engine.train import recipe_fingerprint
+    from t2lcli.engine.train.batches import data_fingerprint, resolve_task_names
+    from t2lcli.recipe import load_recipe
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    plain = write_recipe(tmp_path / "r.yaml", data, train_base_dir, tiny_encoder_dir, **{"train.steps": 2, "log.val_every": 0})
+    fp = data_fingerprint(load_recipe(str(plain)))
+    assert fp["files"] == 3 * len(TASKS)  # data, meta and descriptions of 4 training tasks and 1 held out
+    out = tmp_path / "run"
+    res = runner.invoke(cli_app, ["train", str(plain), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "final" / "t2l_config.json").read_text())["training"]["data"] == fp
+    pinned = write_recipe(tmp_path / "p.yaml", data, train_base_dir, tiny_encoder_dir,
+                          **{"train.steps": 2, "log.val_every": 0, "data.data_sha256": fp["data_sha256"]})
+    assert recipe_fingerprint(load_recipe(str(pinned))) == recipe_fingerprint(load_recipe(str(plain)))  # a check: runs still resume
+    res = runner.invoke(cli_app, ["train", str(pinned), "-o", str(tmp_path / "ok")])
+    assert res.exit_code == 0, res.output
+    # a task added to the folder: the empty train_tasks list resolves to one more task and the hash moves
+    sni = data / "sni"
+    shutil.copy(sni / "task004_count.jsonl", sni / "task006_count_again.jsonl")
+    shutil.copy(sni / "task004_count.meta.json", sni / "task006_count_again.meta.json")
+    assert resolve_task_names(load_recipe(str(pinned)))[0] == ["task001_reverse", "task002_first", "task003_last", "task004_count",
+                                                               "task006_count_again"]
+    grown = data_fingerprint(load_recipe(str(pinned)))
+    assert grown["data_sha256"] != fp["data_sha256"] and grown["train_tasks_sha256"] != fp["train_tasks_sha256"]
+    res = runner.invoke(cli_app, ["train", str(pinned), "-o", str(tmp_path / "refused")])
+    assert res.exit_code == 1 and "data.data_sha256" in res.output, res.output
+    # the same task names with an edited file: refused as well
+    (sni / "task006_count_again.jsonl").unlink()
+    (sni / "task006_count_again.meta.json").unlink()
+    assert data_fingerprint(load_recipe(str(pinned))) == fp
+    with open(sni / "task002_first.jsonl", "a") as fh:
+        fh.write(json.dumps({"id": "extra", "input": "cat dog", "output": ["cat"]}) + "\n")
+    res = runner.invoke(cli_app, ["train", str(pinned), "-o", str(tmp_path / "edited"), "--set", 'data.data_sha256=""'])
+    assert res.exit_code == 0, res.output  # the pin cleared: trains on the data as they are
+    res = runner.invoke(cli_app, ["train", str(pinned), "-o", str(tmp_path / "refused2")])
+    assert res.exit_code == 1 and "data.data_sha256" in res.output, res.output
+
+
 def test_list_and_show_recipes(runner, cli_app):
     res = runner.invoke(cli_app, ["train", "--list-recipes"])
     assert res.exit_code == 0 and "default" in res.stdout.split()
@@ -285,7 +330,7 @@ def test_list_and_show_recipes(runner, cli_app):
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(runner, cli_app, tiny_data, train_base_dir, tiny_encoder_dir, tmp_path, monkeypatch):
-    from t2lcli.engine import train as tr
+    from t2lcli.engine.train import trainer as tr  # where the step looks the loss up
 
     recipe = write_recipe(tmp_path / "r.yaml", tiny_data, train_base_dir, tiny_encoder_dir, **{"log.ckpt_every": 2, "log.val_every": 0})
     orig = tr.answer_loss

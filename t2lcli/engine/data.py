@@ -22,13 +22,6 @@ SNI_SUFFIX = " Please complete the task without any explanation."
 
 
 @dataclass
-class Example:
-    task: str
-    prompt: str
-    answer: str
-
-
-@dataclass
 class Task:
     name: str
     definition: str
@@ -64,6 +57,22 @@ def sni_task_file(sni_dir: Path, name: str) -> Path:
         if p.is_file():
             return p
     raise DataError(f"SNI task {name} not found in {sni_dir}", hint="check data.sni_dir and the task name")
+
+
+def sni_task_files(sni_dir: Path, name: str, desc_dir: Path | None) -> dict[str, Path]:
+    """The files `load_sni_task` reads for one task, keyed by a location-free label (`sni/<file>`,
+    `descriptions/<id>/metadata.yaml`); files that are missing are left out (loading the task reports them)."""
+    files: dict[str, Path] = {}
+    for suffix in (".jsonl", ".jsonl.gz", ".meta.json"):
+        if (sni_dir / f"{name}{suffix}").is_file():
+            files[f"sni/{name}{suffix}"] = sni_dir / f"{name}{suffix}"
+    try:
+        lol = json.loads((sni_dir / f"{name}.meta.json").read_text(encoding="utf-8")).get("t2l_task_id")
+    except (OSError, ValueError, AttributeError):
+        lol = None
+    if desc_dir is not None and isinstance(lol, str) and (desc_dir / lol / "metadata.yaml").is_file():
+        files[f"descriptions/{lol}/metadata.yaml"] = desc_dir / lol / "metadata.yaml"
+    return files
 
 
 def load_sni_task(sni_dir: Path, name: str, desc_dir: Path | None, max_instances: int | None = None, min_descriptions: int = 1) -> Task:
