@@ -329,8 +329,10 @@ def test_the_cli_copies_of_engine_lists_are_equal():
     """The command modules check names against copies of the engine's lists (the engine modules import torch)."""
     from commands import inspect as inspect_cmd
     from commands import merge as merge_cmd
-    from t2lcli.engine import export, inspect, merge
+    from t2lcli.engine import inspect
     from t2lcli.engine.checkpoint import SHIPPED
+    from t2lcli.engine.merge import algebra as merge
+    from t2lcli.engine.merge import export
     from t2lcli.options import SHIPPED_CHECKPOINTS
 
     assert merge_cmd.METHODS == merge.METHODS and merge_cmd.EXPORTS == export.RUNTIMES

@@ -866,7 +866,7 @@ def test_fuzz_official_checkpoints(runner, cli_app, official_folder, jail, data)
                                                                                        "x", "", " ", "9" * 400, "1_0", "0x10"]), max_size=5).map(",".join)),
        n=st.integers(1, 4))
 def test_fuzz_merge_weights_and_sizes(text, n):
-    from t2lcli.engine.merge import parse_size, parse_weights
+    from t2lcli.engine.merge.run import parse_size, parse_weights
 
     TALLY.add("flag: merge --weights", expect_clean(parse_weights, text, n, "adapters"))
     size_text = text if len(text) % 2 else text.replace(",", "") + "GB"
