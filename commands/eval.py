@@ -66,6 +66,7 @@ def eval_cmd(
     trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Benchmark the base model, the description in the prompt, T2L adapters and given adapters in one table."""
+    from t2lcli.engine.eval_tasks import parse_task_names  # no torch at import
     from t2lcli.engine.evaluate import EvalRequest, rich_table, run_eval, validate  # no torch at import
     from t2lcli.hardware import load_profile
 
@@ -79,6 +80,7 @@ def eval_cmd(
         chat_template=not no_chat_template, scaling=scaling, trust_remote_code=trust_remote_code, argv=["t2l", *sys.argv[1:]],
     )
     with flag_values():  # the flags alone (usage errors); the descriptions' text and file: run_eval, exit 1
+        parse_task_names(tasks)  # an unknown task name is a value not among the choices
         validate(dataclasses.replace(req, descriptions=[], descriptions_file=None))
     checkpoint_spec(checkpoint)
     prof = load_profile(profile, set_)

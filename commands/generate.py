@@ -22,6 +22,7 @@ from t2lcli.options import (
     checkpoint_spec,
     readable_file,
 )
+from t2lcli.runtimes import ADAPTER_SCALINGS
 
 EXAMPLES = """[b]Examples[/b]
 
@@ -42,7 +43,7 @@ def generate(
     base_model: BaseModelOpt = None,
     dtype: Annotated[Dtype | None, typer.Option("--dtype", help="dtype of the written tensors (default fp32).")] = None,
     scale: Annotated[float, typer.Option("--scale", help="Strength multiplier folded into lora_B (recorded in the card).")] = 1.0,
-    scaling: Annotated[str, typer.Option("--scaling", help="rslora (alpha/sqrt(r), as trained; default) or lora (alpha/r, the published vLLM eval).")] = "rslora",
+    scaling: Annotated[str, typer.Option("--scaling", help="rslora (alpha/sqrt(r), as trained; default), lora (alpha/r, the published vLLM eval) or folded (the trained scale folded into lora_B, lora_alpha=r: Ollama, llama.cpp and old vLLM apply it right).")] = "rslora",
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Descriptions per forward pass (default: profile).")] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Batch: report bad lines and continue instead of stopping.")] = False,
     preview: Annotated[str | None, typer.Option("--preview", help="Load the base model and print base vs adapted output for this input (a batch: the first adapter, named).")] = None,
@@ -66,8 +67,8 @@ def generate(
         raise UsageError("give exactly one of: a DESCRIPTION, --from-file FILE, or --embedding-file FILE", hint="see t2l generate --help")
     if scale != scale or abs(scale) == float("inf"):
         raise UsageError("--scale must be a finite number")
-    if scaling not in ("rslora", "lora"):
-        raise UsageError(f"--scaling must be rslora or lora, got '{scaling}'")
+    if scaling not in ADAPTER_SCALINGS:
+        raise UsageError(f"--scaling must be one of {', '.join(ADAPTER_SCALINGS)}, got '{scaling}'")
     at_least("--batch-size", batch_size, 1)
     at_least("--max-new-tokens", max_new_tokens, 1)
     if preview_all and preview is None:

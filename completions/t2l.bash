@@ -19,7 +19,7 @@ _t2l() {
         generate:--base-model|generate:-m) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
         generate:--dtype) COMPREPLY=( $(compgen -W "fp32 bf16 fp16 float32 bfloat16 float16" -- "$cur") ); return 0 ;;
         generate:--scale) COMPREPLY=(); return 0 ;;
-        generate:--scaling) COMPREPLY=( $(compgen -W "rslora lora" -- "$cur") ); return 0 ;;
+        generate:--scaling) COMPREPLY=( $(compgen -W "rslora lora folded" -- "$cur") ); return 0 ;;
         generate:--batch-size|generate:-b) COMPREPLY=(); return 0 ;;
         generate:--preview) COMPREPLY=(); return 0 ;;
         generate:--max-new-tokens) COMPREPLY=(); return 0 ;;
@@ -46,7 +46,7 @@ _t2l() {
         eval:--gen-batch-size) COMPREPLY=(); return 0 ;;
         eval:--backend) COMPREPLY=(); return 0 ;;
         eval:--base-model|eval:-m) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;
-        eval:--scaling) COMPREPLY=( $(compgen -W "rslora lora" -- "$cur") ); return 0 ;;
+        eval:--scaling) COMPREPLY=( $(compgen -W "rslora lora folded" -- "$cur") ); return 0 ;;
         eval:--data-dir) COMPREPLY=(); return 0 ;;
         eval:--seed) COMPREPLY=(); return 0 ;;
         eval:--output|eval:-o) COMPREPLY=( $(compgen -f -- "$cur") ); return 0 ;;

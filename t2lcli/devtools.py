@@ -53,7 +53,7 @@ class Cmd:
 def _choices_for(opt_name: str) -> list[str]:
     from t2lcli import hardware
     from t2lcli.engine.shapes import shape_names  # stdlib + json files only
-    from t2lcli.runtimes import COMPAT_RUNTIMES, EXPORT_RUNTIMES, MERGE_METHODS
+    from t2lcli.runtimes import ADAPTER_SCALINGS, COMPAT_RUNTIMES, EXPORT_RUNTIMES, MERGE_METHODS
 
     table = {
         "--profile": hardware.list_profiles(),
@@ -62,7 +62,7 @@ def _choices_for(opt_name: str) -> list[str]:
         "--export": list(EXPORT_RUNTIMES),
         "--space": ["delta_w", "embedding"],
         "--variant": ["L", "M", "S"],
-        "--scaling": ["rslora", "lora"],
+        "--scaling": list(ADAPTER_SCALINGS),
         "--baseline": ["auto", "full", "sampled", "none"],
         "--method": list(MERGE_METHODS),
     }

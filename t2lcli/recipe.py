@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t2lcli.errors import ConfigError, format_problems, show_key, show_value
+from t2lcli.errors import ConfigError, UsageError, format_problems, show_key, show_value
 
 
 @dataclass
@@ -242,8 +242,11 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     try:
         sets = parse_set_overrides(overrides)
     except Exception as exc:
-        raise ConfigError(str(exc)) from None
-    _fill(recipe, sets, "", problems)
+        raise UsageError(str(exc), hint="--set takes KEY=VALUE, e.g. --set train.steps=100") from None
+    set_problems: list[str] = []
+    _fill(recipe, sets, "", set_problems)
+    if set_problems:  # a --set that names no recipe key or gives a wrong type is a usage error (exit 2)
+        raise UsageError(format_problems("invalid --set", set_problems), hint="t2l train --show-recipe default prints a valid one")
     if name_or_path != "-":
         _beside_recipe(recipe, path.parent)
     if recipe.data.train_frac >= recipe.data.val_end or recipe.data.val_end > 1:

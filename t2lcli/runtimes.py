@@ -4,6 +4,10 @@ fast path where a bad flag must fail before torch is imported)."""
 MERGE_METHODS = ("linear", "cat", "svd", "ties", "dare")
 EXPORT_RUNTIMES = ("vllm", "sglang", "llamacpp", "ollama")  # `t2l merge --export`
 COMPAT_RUNTIMES = (*EXPORT_RUNTIMES, "peft")  # `t2l inspect --compat`
+# `t2l generate --scaling`: how the written adapter_config.json states the scale. rslora (the reference's format, as
+# trained): alpha/sqrt(r), applied by peft and vLLM >= 0.7; lora: alpha/r; folded: the trained scale multiplied into
+# lora_B and lora_alpha = r (scale 1), which every runtime applies the same way, Ollama and llama.cpp included.
+ADAPTER_SCALINGS = ("rslora", "lora", "folded")
 
 # --- what the serving runtimes accept (read by export, inspect --compat and eval's vLLM backend)
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from numeric import assert_rel_error
 
 from t2lcli.batch import description_problem, valid_text
 from t2lcli.text import check_description
@@ -215,7 +216,34 @@ def test_compat_peft_and_ollama_pass_on_our_output(runner, cli_app, tiny_checkpo
     res = runner.invoke(cli_app, ["inspect", str(ad), "--compat", "peft", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["compatible"], res.output
     ollama = json.loads(runner.invoke(cli_app, ["inspect", str(ad), "--compat", "ollama", "--json"]).stdout)
-    assert {c["check"]: c["status"] for c in ollama["checks"]}["lora_alpha"] == "ok"
+    status = {c["check"]: c["status"] for c in ollama["checks"]}
+    # the default (rsLoRA, the reference's format) fails Ollama on the scale alone: Ollama applies alpha/r
+    assert status["lora_alpha"] == "ok" and [k for k, v in status.items() if v == "fail"] == ["scale"], status
+    assert "--scaling folded" in {c["check"]: c["detail"] for c in ollama["checks"]}["scale"]
+    # --scaling folded: the trained scale folded into lora_B, lora_alpha = r; every check passes for peft and Ollama
+    fo = tmp_path / "folded"
+    res = _gen(runner, cli_app, tiny_checkpoint_dir, "answer math questions", "--scaling", "folded", "-o", str(fo))
+    assert res.exit_code == 0, res.output
+    fcfg = json.loads((fo / "adapter_config.json").read_text())
+    assert (fcfg["lora_alpha"], fcfg["use_rslora"]) == (fcfg["r"], False) and isinstance(fcfg["lora_alpha"], int)
+    for runtime in ("peft", "ollama", "vllm", "sglang"):
+        res = runner.invoke(cli_app, ["inspect", str(fo), "--compat", runtime, "--json"])
+        rep = json.loads(res.stdout)
+        assert res.exit_code == 0 and rep["compatible"], (runtime, res.output)
+        assert all(c["status"] == "ok" for c in rep["checks"] if c["check"] == "scale"), (runtime, rep["checks"])
+    # ... and the same delta W as the rsLoRA adapter, as peft applies it (scaling x B @ A per module)
+    from t2lcli.engine.adapters import load_adapter
+
+    rs, fd = load_adapter(ad), load_adapter(fo)
+    assert fd.scaling == 1.0 and rs.scaling == pytest.approx(16 / 8**0.5) and rs.prefixes() == fd.prefixes()
+    for pre in rs.prefixes():
+        a, b = rs.tensors[f"{pre}.lora_A.weight"].double(), rs.tensors[f"{pre}.lora_B.weight"].double()
+        want = rs.scaling * b @ a
+        got = fd.tensors[f"{pre}.lora_B.weight"].double() @ fd.tensors[f"{pre}.lora_A.weight"].double()
+        # float64 products, so the only difference is the float32 rounding of s*B: relative to the terms' magnitude
+        terms = float((rs.scaling * b.abs() @ a.abs()).max())
+        assert torch.equal(fd.tensors[f"{pre}.lora_A.weight"], rs.tensors[f"{pre}.lora_A.weight"])  # bitwise: A is copied
+        assert_rel_error(float((got - want).abs().max()) / terms, depth=1, msg=pre)
     exp = tmp_path / "ollama"
     res = runner.invoke(cli_app, ["merge", str(ad), "--export", "ollama", "--runtime-base", "smollm2:135m", "-o", str(exp)])
     assert res.exit_code == 0, res.output
@@ -282,7 +310,7 @@ CHEAP_CHECKS = [
     (["bench", "--checkpoint", "no/such"], 1, "checkpoint not found"),
     (["generate", "x", "--batch-size", "0"], 2, "--batch-size must be at least 1"),
     (["generate", "x", "--max-new-tokens", "0"], 2, "--max-new-tokens must be at least 1"),
-    (["generate", "x", "--scaling", "none"], 2, "--scaling must be rslora or lora"),
+    (["generate", "x", "--scaling", "none"], 2, "--scaling must be one of rslora, lora, folded"),
     (["generate", "--from-file", "no-such.jsonl"], 1, "batch file not found"),
     (["generate", "--embedding-file", "no-such.safetensors"], 1, "embedding file not found"),
     (["generate", "x", "-c", "no-such-ckpt"], 1, "checkpoint not found"),
@@ -299,7 +327,11 @@ CHEAP_CHECKS = [
     (["eval", "-t", "gsm8k", "--limit", "0"], 2, "--limit must be a positive"),
     (["eval", "-t", "gsm8k", "--num-fewshot", "-1"], 2, "--num-fewshot"),
     (["eval", "-t", "gsm8k", "--conditions", "base,oracle"], 2, "unknown condition"),
+    (["eval", "-t", "gsm8k,gsm9k", "--limit", "1"], 2, "unknown task: gsm9k"),
+    (["merge", "a", "b", "-o", "m", "--method", "ties", "--weights", "0,0"], 2, "all weights are zero"),
     (["train", "smoke", "-o", "r", "--max-steps", "0"], 2, "--max-steps must be at least 1"),
+    (["train", "smoke", "-o", "r", "--set", "train.no_such_key=1"], 2, "unknown key 'train.no_such_key'"),
+    (["train", "smoke", "-o", "r", "--set", "train.steps=many"], 2, "train.steps: expected int"),
     (["train", "smoke", "-o", "r", "--time-budget", "0"], 2, "--time-budget must be a positive"),
     (["serve", "--port", "70000"], 2, "--port must be at most 65535"),
     (["serve", "--max-batch", "0"], 2, "--max-batch must be at least 1"),

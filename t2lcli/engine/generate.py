@@ -17,13 +17,14 @@ from typing import Any
 
 import torch
 
-from t2lcli.engine.adapters import Adapter, effective_scaling, peft_config, save_adapter
+from t2lcli.engine.adapters import Adapter, effective_scaling, fold_scale, peft_config, save_adapter
 from t2lcli.engine.checkpoint import T2LCheckpoint, load_checkpoint
 from t2lcli.engine.hypernet import lora_state_dict
 from t2lcli.errors import InputError, T2LError
+from t2lcli.runtimes import ADAPTER_SCALINGS
 from t2lcli.text import check_description, valid_text
 
-SCALINGS = ("rslora", "lora")
+SCALINGS = ADAPTER_SCALINGS
 
 
 @dataclass
@@ -31,7 +32,8 @@ class GenerateOptions:
     """Knobs of adapter generation."""
 
     scale: float = 1.0  # strength multiplier folded into lora_B
-    scaling: str = "rslora"  # rslora: alpha/sqrt(r) as trained; lora: alpha/r (the published vLLM-0.5.4 eval)
+    scaling: str = "rslora"  # rslora: alpha/sqrt(r) as trained; lora: alpha/r (the published vLLM-0.5.4 eval);
+    # folded: the trained scale folded into lora_B, lora_alpha = r (every runtime applies it alike)
     dtype: str = "float32"  # dtype of the written tensors
 
 
@@ -109,13 +111,15 @@ class Generator:
     def adapters_from_embeddings(self, emb: torch.Tensor, descriptions: list[str], options: GenerateOptions | None = None) -> list[Adapter]:
         opts = options or GenerateOptions()
         if opts.scaling not in SCALINGS:
-            raise InputError(f"unknown scaling '{opts.scaling}'", hint="use rslora or lora")
+            raise InputError(f"unknown scaling '{opts.scaling}'", hint=f"use one of: {', '.join(SCALINGS)}")
         fac = self.factors(emb)
         paths = {m: s.path for m, s in self.ckpt.shape.modules.items()}
         c = self.ckpt.config
-        config = peft_config(c.r, c.lora_alpha, list(c.target_modules), self.ckpt.base_model, use_rslora=opts.scaling == "rslora")
+        fold = opts.scaling == "folded"
+        use_rslora = c.use_rslora if fold else opts.scaling == "rslora"  # folded: the scale the checkpoint was trained with
+        config = peft_config(c.r, c.lora_alpha, list(c.target_modules), self.ckpt.base_model, use_rslora=use_rslora)
         effective = effective_scaling(config)
-        if (opts.scaling == "rslora") != c.use_rslora and not self._warned_scaling:
+        if not fold and use_rslora != c.use_rslora and not self._warned_scaling:
             from t2lcli.console import warn
 
             self._warned_scaling = True
@@ -152,7 +156,11 @@ class Generator:
             }
             if self._encoder is not None:
                 meta["encoder_dtype"] = str(self._encoder.dtype).removeprefix("torch.")
-            result.append(Adapter(dict(config), tensors, meta))
+            adapter = Adapter(dict(config), tensors, meta)
+            if fold:
+                adapter = fold_scale(adapter)
+                adapter.meta["effective_scale"] = 1.0
+            result.append(adapter)
         return result
 
     def generate(self, descriptions: str | list[str], options: GenerateOptions | None = None) -> Adapter | list[Adapter]:

@@ -317,7 +317,8 @@ def compat_check(path: Path, runtime: str) -> dict[str, Any]:
             f"a runtime that ignores it applies alpha/r = {float(c['lora_alpha']) / r:.4g}", export)
     else:
         add("scale", "fail", f"use_rslora is ignored by {'llama.cpp' if runtime == 'llamacpp' else 'Ollama'}: it would apply alpha/r = "
-            f"{float(c['lora_alpha']) / r:.4g} instead of {scale:.4g} ({math.sqrt(r):.2f}x too weak)", export)
+            f"{float(c['lora_alpha']) / r:.4g} instead of {scale:.4g} ({math.sqrt(r):.2f}x too weak); an adapter written with "
+            "`t2l generate ... --scaling folded` has the scale folded into lora_B and passes", export)
     # unsupported keys
     problems = []
     if c.get("modules_to_save"):
