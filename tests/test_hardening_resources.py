@@ -150,7 +150,8 @@ def test_batch_peak_rss_1k_vs_100k_lines(tiny_checkpoint_dir, tmp_path):
 
 
 def _enospc_after(monkeypatch, calls_ok: int, as_safetensors: bool = False) -> list[int]:
-    """safetensors.torch.save_file writes half of the file and then fails with ENOSPC (after `calls_ok` good calls),
+    """The two safetensors writers (safetensors.torch.save_file, and `write_safetensors_sha256` for adapters) write
+    half of the file and then fail with ENOSPC (after `calls_ok` good calls between them),
     as an OSError or, like the real library on a full disk, as SafetensorError("... (os error 28)")."""
     import safetensors.torch as st
     from safetensors import SafetensorError
@@ -168,7 +169,23 @@ def _enospc_after(monkeypatch, calls_ok: int, as_safetensors: bool = False) -> l
                 raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
 
+    import t2lcli.engine.atomic as atomic
+
+    real_sha = atomic.write_safetensors_sha256
+
+    def write_safetensors_sha256(tensors, path, metadata=None):  # adapters: serialised in memory, hashed, then written
+        digest = real_sha(tensors, path, metadata)
+        seen[0] += 1
+        if seen[0] > calls_ok:
+            data = Path(path).read_bytes()
+            Path(path).write_bytes(data[: len(data) // 2])
+            if as_safetensors:
+                raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return digest
+
     monkeypatch.setattr(st, "save_file", save_file)
+    monkeypatch.setattr(atomic, "write_safetensors_sha256", write_safetensors_sha256)
     return seen
 
 
