@@ -94,7 +94,7 @@ def _check_targets(targets: list[str], adapters_only: bool) -> None:
 def _profile(target: list[str], set_: list[str] | None, json_out: bool) -> None:
     if len(target) > 2:
         raise UsageError("usage: t2l inspect profile NAME")
-    from t2lcli.hardware import load_profile
+    from t2lcli.hw_profiles import load_profile
 
     data = load_profile(target[1] if len(target) > 1 else None, set_).to_dict()
     if json_out:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from numeric import assert_rel_error
 
-from t2lcli.batch import description_problem, valid_text
+from t2lcli.descriptions import description_problem, valid_text
 from t2lcli.text import check_description
 
 
@@ -389,7 +389,7 @@ def test_short_flags_mean_the_same_everywhere():
 
 
 def test_one_dtype_spelling_table(runner, cli_app, tiny_checkpoint_dir, tmp_path):
-    from t2lcli.hardware import load_profile
+    from t2lcli.hw_profiles import load_profile
 
     for spelling, canonical in (("bf16", "bfloat16"), ("bfloat16", "bfloat16"), ("fp16", "float16"), ("float32", "float32")):
         assert load_profile("cpu", [f"base.dtype={spelling}"]).base.dtype == canonical

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from hardening_common import report
 
-from t2lcli.batch import MAX_DESCRIPTION_CHARS, MAX_LINE_BYTES, BadLine, Item, iter_items
+from t2lcli.descriptions import MAX_DESCRIPTION_CHARS, MAX_LINE_BYTES, BadLine, Item, iter_items
 from t2lcli.engine.atomic import TMP_MARK
 
 FIGURES: dict[str, dict] = {}

@@ -449,7 +449,7 @@ def test_smollm2_into_base_matches_peft_and_gguf_q_permutation(tmp_path, monkeyp
     from t2lcli.engine.base_model import gguf_source, resolve_model
     from t2lcli.engine.merge.export import permute_rows
     from t2lcli.engine.merge.into_base import merge_into_base
-    from t2lcli.models import lookup
+    from t2lcli.registry import lookup
 
     base = resolve_model("smollm2-135m-instruct")
     src = make_adapter(base, tmp_path / "ad", r=8, seed=11, amp=0.05, base_name="smollm2-135m-instruct")
@@ -497,7 +497,7 @@ def test_llamacpp_runtime_applies_the_gguf_export(runner, cli_app, tmp_path, mon
     import t2lcli.engine.merge.export as ex
     from t2lcli.engine.adapters import fold_scale, load_adapter
     from t2lcli.engine.base_model import gguf_source, read_config, resolve_model
-    from t2lcli.models import lookup
+    from t2lcli.registry import lookup
 
     base = resolve_model("smollm2-135m-instruct")
     src = make_adapter(base, tmp_path / "ad", r=8, seed=21, amp=0.08, modules=("q_proj", "k_proj", "v_proj"), base_name="smollm2-135m-instruct")

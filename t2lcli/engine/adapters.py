@@ -103,7 +103,7 @@ def hub_base_id(base_model: str | None) -> str | None:
     """A registry name or hub id -> the Hub id (case as the registry spells it); a local folder or unknown id as given."""
     if not base_model:
         return base_model
-    from t2lcli.models import lookup
+    from t2lcli.registry import lookup
 
     entry = lookup(str(base_model))
     return entry.hub_id if entry is not None else base_model

@@ -62,7 +62,7 @@ class TextEncoder:
 
     def __init__(self, spec: EncoderSpec, device: str = "cpu", dtype: torch.dtype | str = torch.float32) -> None:
         from t2lcli.engine.base_model import resolve_model
-        from t2lcli.models import lookup
+        from t2lcli.registry import lookup
 
         self.spec = spec
         entry = lookup(spec.model)

@@ -174,7 +174,7 @@ def _key(fp: dict[str, Any]) -> str:
 
 
 def cache_path() -> Path:
-    from t2lcli.models import t2l_home
+    from t2lcli.registry import t2l_home
 
     return t2l_home() / "kernels.json"
 

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from t2lcli import console
-from t2lcli.batch import BadLine, Item, iter_items, slugify
+from t2lcli.descriptions import BadLine, Item, iter_items, slugify
 from t2lcli.engine.atomic import EMPTY, check_output_free, t2l_output_kind
 from t2lcli.errors import InputError, OutputExistsError
-from t2lcli.hardware import Profile
+from t2lcli.hw_profiles import Profile
 
 if TYPE_CHECKING:
     import torch

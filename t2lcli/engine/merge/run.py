@@ -35,7 +35,7 @@ from t2lcli.errors import InputError, show_value
 from t2lcli.text import check_description
 
 if TYPE_CHECKING:
-    from t2lcli.hardware import Profile
+    from t2lcli.hw_profiles import Profile
 
 
 @dataclass

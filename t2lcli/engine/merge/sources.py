@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from t2lcli import models as registry
+from t2lcli import registry
 from t2lcli.engine.adapters import WEIGHTS_NAME, Adapter, peft_config, tensors_sha256
 from t2lcli.errors import InputError, ShapeMismatchError
 
 if TYPE_CHECKING:
-    from t2lcli.hardware import Profile
+    from t2lcli.hw_profiles import Profile
 
 MIX_SPACE = "task-encoder output z (hypernet.encode), weights normalised to sum 1"
 
