@@ -50,13 +50,12 @@ def inspect_cmd(
         raise UsageError(f"unknown --space '{space}'", hint="use delta_w (default) or embedding")
     _check_targets(target, adapters_only=similarity or plot is not None)
     from t2lcli.commands.render import inspect as render
-
     from t2lcli.engine import inspect as engine
 
     if compat is not None:
-        report = engine.compat_check(Path(target[0]), compat.lower())
-        _emit(report, json_out, render.print_compat)
-        if not report["compatible"]:
+        verdict = engine.compat_check(Path(target[0]), compat.lower())
+        _emit(verdict, json_out, render.print_compat)
+        if not verdict["compatible"]:
             raise typer.Exit(1)
         return
     if similarity:

@@ -142,7 +142,7 @@ def auto_dtype(device: str, n_params: int) -> torch.dtype:
 
 
 def native_cpu_bf16() -> bool:
-    cpu = getattr(torch, "cpu", None)
+    cpu: Any = getattr(torch, "cpu", None)
     try:
         return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
     except AttributeError:  # pragma: no cover - other torch builds

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import torch
 
@@ -237,7 +237,7 @@ def _configure_hypernet(net: torch.nn.Module, kernel: str) -> None:
 
     try:
         configure(net, kernel, "trunk")
-        configure(net.heads, kernel, "heads")
+        configure(cast(torch.nn.Module, net.heads), kernel, "heads")
     except ValueError as exc:
         raise InputError(str(exc), hint="set the profile's kernel to auto or torch (--set kernel=auto)") from None
 
