@@ -156,25 +156,12 @@ def _enospc_after(monkeypatch, calls_ok: int, as_safetensors: bool = False) -> l
     import safetensors.torch as st
     from safetensors import SafetensorError
 
-    real = st.save_file
-    seen = [0]
-
-    def save_file(tensors, filename, metadata=None):
-        seen[0] += 1
-        real(tensors, filename, metadata=metadata)
-        if seen[0] > calls_ok:
-            data = Path(filename).read_bytes()
-            Path(filename).write_bytes(data[: len(data) // 2])
-            if as_safetensors:
-                raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
-
     import t2lcli.engine.atomic as atomic
 
-    real_sha = atomic.write_safetensors_sha256
+    real, real_sha = st.save_file, atomic.write_safetensors_sha256
+    seen = [0]
 
-    def write_safetensors_sha256(tensors, path, metadata=None):  # adapters: serialised in memory, hashed, then written
-        digest = real_sha(tensors, path, metadata)
+    def half_then_full(path) -> None:  # the disk fills up half-way through the file
         seen[0] += 1
         if seen[0] > calls_ok:
             data = Path(path).read_bytes()
@@ -182,6 +169,14 @@ def _enospc_after(monkeypatch, calls_ok: int, as_safetensors: bool = False) -> l
             if as_safetensors:
                 raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    def save_file(tensors, filename, metadata=None):
+        real(tensors, filename, metadata=metadata)
+        half_then_full(filename)
+
+    def write_safetensors_sha256(tensors, path, metadata=None):  # adapters: serialised in memory, hashed, then written
+        digest = real_sha(tensors, path, metadata)
+        half_then_full(path)
         return digest
 
     monkeypatch.setattr(st, "save_file", save_file)
