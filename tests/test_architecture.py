@@ -5,7 +5,7 @@
   checkpoint <-> official and merge <-> export looked);
 - no import from one verb's engine package into another's (VERBS below): what two verbs share lives in an
   infrastructure module beside them (adapters, atomic, checkpoint, generate's Generator, runtimes, ...);
-- a command module (t2lcli/commands/<verb>.py) imports no other verb's engine package;
+- a command module (commands/<verb>.py) imports no other verb's engine package;
 - the engine never imports the CLI layer (t2lcli.cli, t2lcli.commands, the console-option helpers);
 - the modules directly under t2lcli/ (t2lcli/*.py) do not import the engine at module level (`t2l --help` stays
   light).
@@ -37,6 +37,10 @@ def _modules() -> dict[str, Path]:
         parts = p.relative_to(ROOT).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         mods[name] = p
+    # t2lcli.commands is the top-level commands/ folder (pyproject's package-dir maps it)
+    for p in (ROOT / "commands").rglob("*.py"):
+        parts = ("t2lcli",) + p.relative_to(ROOT).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
     return mods
 
 
