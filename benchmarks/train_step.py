@@ -32,7 +32,7 @@ def main() -> None:
     from t2lcli.engine.encoder import encoder_spec_for
     from t2lcli.engine.lora_hooks import apply_factors
     from t2lcli.engine.train import sample_loss
-    from t2lcli.hardware import ComponentSettings
+    from t2lcli.hw_profiles import ComponentSettings
 
     model, _ = load_base_model(args.base, ComponentSettings())
     for p in model.parameters():

@@ -56,7 +56,7 @@ def generate(
     trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Generate LoRA adapters from task descriptions (no base-model weights are loaded)."""
-    from t2lcli.hardware import load_profile
+    from t2lcli.hw_profiles import load_profile
 
     if description == "-":  # '-' is standard input, as for --from-file -
         if from_file is not None:

@@ -61,7 +61,7 @@ def merge(
     trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Merge an adapter into its base, combine adapters or descriptions, or export for vLLM/SGLang/llama.cpp/Ollama."""
-    from t2lcli.hardware import load_profile
+    from t2lcli.hw_profiles import load_profile
 
     with flag_values():
         _check_flags(adapters or [], output, into_base, export, method, weights, rank, density, descriptions or [], dtype, max_lora_rank, runtime_base)

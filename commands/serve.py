@@ -69,7 +69,7 @@ def serve(
         from t2lcli.engine.serve.engine import ServeEngine, ServeSettings
         from t2lcli.engine.serve.metrics import Metrics
         from t2lcli.engine.serve.server import make_server
-        from t2lcli.hardware import load_profile
+        from t2lcli.hw_profiles import load_profile
 
         prof = load_profile(profile, set_)
         settings = ServeSettings(max_adapters=max_adapters, max_adapter_bytes=max_adapter_mb << 20, max_batch=max_batch,

@@ -58,7 +58,7 @@ def train(
     if resume and force:
         raise UsageError("--resume and --force contradict each other")
     rec = recipes.load_recipe(recipe, set_)
-    from t2lcli.hardware import load_profile
+    from t2lcli.hw_profiles import load_profile
 
     prof = load_profile(profile)
     from t2lcli.engine.base_model import resolve_device

@@ -24,7 +24,7 @@ def load_base(spec: str | None = "default", device: str = "cpu", dtype: str = "f
         (transformers causal LM in eval mode, tokenizer)
     """
     from t2lcli.engine.base_model import load_base_model
-    from t2lcli.hardware import ComponentSettings
+    from t2lcli.hw_profiles import ComponentSettings
 
     return load_base_model(None if spec in (None, "default") else spec, ComponentSettings(device=device, dtype=dtype))
 

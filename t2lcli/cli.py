@@ -34,7 +34,7 @@ class _AsIs:
     def __init__(self, annotation: type) -> None:
         self.annotation = annotation
 
-    def coerce(self, value: object, param: Any, ctx: object) -> object:
+    def coerce(self, value: object, param: Any, ctx: Any) -> object:
         if (value is None and not (param.multiple or param.nargs == -1)) or type(value) is self.annotation:
             return value
         from typer._coercion import build_runtime_param

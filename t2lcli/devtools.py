@@ -51,12 +51,12 @@ class Cmd:
 
 
 def _choices_for(opt_name: str) -> list[str]:
-    from t2lcli import hardware
+    from t2lcli import hw_profiles
     from t2lcli.engine.shapes import shape_names  # stdlib + json files only
     from t2lcli.runtimes import ADAPTER_SCALINGS, COMPAT_RUNTIMES, EXPORT_RUNTIMES, MERGE_METHODS
 
     table = {
-        "--profile": hardware.list_profiles(),
+        "--profile": hw_profiles.list_profiles(),
         "--shapes": shape_names(),
         "--compat": list(COMPAT_RUNTIMES),
         "--export": list(EXPORT_RUNTIMES),

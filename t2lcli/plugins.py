@@ -43,7 +43,7 @@ def plugin_entry_points() -> list[Any]:
     wanted = _wanted()
     if wanted is not None and not wanted:
         return []
-    eps = _scan_entry_points(ENTRY_POINT_GROUP)
+    eps: list[Any] | None = _scan_entry_points(ENTRY_POINT_GROUP)
     if eps is None:  # a sys.path entry the direct scan cannot read (a zip, an egg): the full metadata API
         from importlib.metadata import entry_points
 

@@ -11,7 +11,7 @@ from typing import Any
 def tiny_engine(checkpoint_dir: Path, **settings: Any) -> Any:
     from t2lcli.engine.serve.engine import ServeEngine, ServeSettings
     from t2lcli.engine.serve.metrics import Metrics
-    from t2lcli.hardware import Profile
+    from t2lcli.hw_profiles import Profile
 
     return ServeEngine.load(str(checkpoint_dir), None, Profile(), ServeSettings(**settings), Metrics())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from t2lcli.engine.adapters import Adapter, adapter_sha256, peft_config, save_adapter, tensors_sha256
+from t2lcli.engine.adapters import Adapter, adapter_sha256, peft_config, save_adapter, tensors_sha256, write_adapter
 from t2lcli.engine.serve.cache import AdapterCache, CacheEntry
 
 
@@ -25,6 +25,13 @@ def test_adapter_sha256_is_the_written_files_sha256(tmp_path):
     half = _adapter(0)
     half.tensors = {k: v.to(torch.bfloat16) for k, v in half.tensors.items()}
     assert adapter_sha256(half) == tensors_sha256(save_adapter(half, tmp_path / "bf16") / "adapter_model.safetensors")
+
+
+def test_write_adapter_returns_the_sha256_of_the_bytes_it_wrote(tmp_path):
+    """The id `t2l generate --json` reports is hashed from the bytes in memory; it must be the file's hash."""
+    for seed, dtype in ((0, torch.float32), (1, torch.bfloat16)):
+        digest = write_adapter(_adapter(seed), tmp_path / f"w{seed}", dtype=dtype)
+        assert digest == tensors_sha256(tmp_path / f"w{seed}" / "adapter_model.safetensors") == adapter_sha256(_adapter(seed), dtype)
 
 
 def _entry(ad: Adapter) -> CacheEntry:

@@ -94,16 +94,16 @@ def test_refuses_existing_output(tiny_base_dir, tmp_path):
 
 @pytest.mark.parametrize("where", ["weights", "card"])
 def test_failure_mid_write_leaves_nothing(tiny_base_dir, tmp_path, monkeypatch, where):
-    import safetensors.torch
+    import t2lcli.engine.atomic as atomic_mod
 
     if where == "weights":
-        real = safetensors.torch.save_file
+        real = atomic_mod.write_safetensors_sha256
 
         def broken_save(tensors, filename, metadata=None):
             Path(filename).write_bytes(b"partial")  # half a file on disk, then the disk fills up
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(safetensors.torch, "save_file", broken_save)
+        monkeypatch.setattr(atomic_mod, "write_safetensors_sha256", broken_save)
         assert real is not broken_save
     else:
         def broken_card(adapter):  # weights and config are already written when the card fails

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from numeric import assert_rel_error
 
-from t2lcli.batch import description_problem, valid_text
+from t2lcli.descriptions import description_problem, valid_text
 from t2lcli.text import check_description
 
 
@@ -359,10 +359,12 @@ def test_bad_values_fail_before_torch_with_the_right_code(tmp_path, args, code, 
 
 def test_the_cli_copies_of_engine_lists_are_equal():
     """The command modules check names against copies of the engine's lists (the engine modules import torch)."""
-    from commands import inspect as inspect_cmd
-    from commands import merge as merge_cmd
-    from t2lcli.engine import export, inspect, merge
+    from t2lcli.commands import inspect as inspect_cmd
+    from t2lcli.commands import merge as merge_cmd
+    from t2lcli.engine import inspect
     from t2lcli.engine.checkpoint import SHIPPED
+    from t2lcli.engine.merge import algebra as merge
+    from t2lcli.engine.merge import export
     from t2lcli.options import SHIPPED_CHECKPOINTS
 
     assert merge_cmd.METHODS == merge.METHODS and merge_cmd.EXPORTS == export.RUNTIMES
@@ -387,7 +389,7 @@ def test_short_flags_mean_the_same_everywhere():
 
 
 def test_one_dtype_spelling_table(runner, cli_app, tiny_checkpoint_dir, tmp_path):
-    from t2lcli.hardware import load_profile
+    from t2lcli.hw_profiles import load_profile
 
     for spelling, canonical in (("bf16", "bfloat16"), ("bfloat16", "bfloat16"), ("fp16", "float16"), ("float32", "float32")):
         assert load_profile("cpu", [f"base.dtype={spelling}"]).base.dtype == canonical

@@ -18,7 +18,11 @@ def test_single_adapter_loads_in_peft_and_changes_logits(runner, cli_app, tiny_c
     res = runner.invoke(cli_app, ["generate", "answer math word problems step by step", "-c", str(tiny_checkpoint_dir), "-o", str(out), "--json"])
     assert res.exit_code == 0, res.output
     rec = json.loads(res.stdout.strip().splitlines()[-1])
-    assert rec["path"] == str(out) and len(rec["sha256"]) == 64
+    from t2lcli.engine.adapters import tensors_sha256
+
+    assert rec["path"] == str(out) and rec["sha256"] == tensors_sha256(out / "adapter_model.safetensors")
+    assert set(rec["timings_ms"]) == {"checkpoint_load", "embed", "hypernet", "write"}
+    assert rec["timings_ms"]["checkpoint_load"] > 0 and rec["timings_ms"]["embed"] > 0 and rec["timings_ms"]["hypernet"] > 0
     assert {p.name for p in out.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors", "README.md"}
     assert "answer math word problems" in (out / "README.md").read_text()
 
@@ -312,3 +316,17 @@ def test_profile_encoder_dtype_reaches_generation(runner, cli_app, tiny_checkpoi
         assert res.exit_code == 0, res.output
         outs[dtype] = json.loads((out / "t2l_adapter.json").read_text())["encoder_dtype"]
     assert outs == {"float32": "float32", "bfloat16": "bfloat16", "auto": "float32"}  # auto keeps a tiny encoder in fp32
+
+
+def test_an_over_long_description_is_truncated_and_said(runner, cli_app, tiny_checkpoint_dir, tmp_path):
+    """Generator.truncated counts descriptions cut to the encoder's token limit; `t2l generate` warns with it."""
+    from t2lcli.engine.generate import Generator
+
+    long = " ".join(["solve the math problem step by step"] * 80)  # ~560 tokens, over the tiny encoder's limit
+    gen = Generator.load(str(tiny_checkpoint_dir))
+    assert gen.truncated == 0
+    gen.generate([long, "answer briefly"])
+    assert gen.truncated == 1 and 0 < gen.max_length < 560
+    res = runner.invoke(cli_app, ["generate", long, "-c", str(tiny_checkpoint_dir), "-o", str(tmp_path / "t")])
+    assert res.exit_code == 0, res.output
+    assert f"1 description(s) exceeded the encoder's {gen.max_length}-token limit and were truncated" in res.stderr

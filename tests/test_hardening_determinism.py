@@ -122,7 +122,7 @@ def test_realistic_size_threads_and_hash_seeds(tmp_path):
     RESULTS["SmolLM2-sized hypernet + real MiniLM, 64-line batch (--batch-size 16)"] = _compare(ck, src, tmp_path, names, batch_size=16)
     # the documented exception: alone vs. inside a batch
     _run(["generate", lines[0], "-c", str(ck), "-o", str(tmp_path / "alone")], "0", "1", tmp_path / "home")
-    from t2lcli.batch import slugify
+    from t2lcli.descriptions import slugify
 
     batch_dir = tmp_path / "hashseed_0_1_thread" / slugify(lines[0][:60], "unused")
     a = load_file(str(tmp_path / "alone" / "adapter_model.safetensors"))

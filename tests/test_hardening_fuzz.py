@@ -27,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from t2lcli.batch import MAX_DESCRIPTION_CHARS, MAX_NAME, BadLine, Item, iter_items, slugify
+from t2lcli.descriptions import MAX_DESCRIPTION_CHARS, MAX_NAME, BadLine, Item, iter_items, slugify
 from t2lcli.errors import T2LError
 from t2lcli.text import has_visible_text
 
@@ -315,7 +315,7 @@ def _timed(fn) -> str:
 @FUZZ_CHEAP
 @given(doc=st.one_of(yaml_docs(PROFILE_KEYS), st.binary(max_size=200).map(lambda b: b.decode("latin-1"))))
 def test_fuzz_profile_yaml(jail, doc):
-    from t2lcli.hardware import load_profile
+    from t2lcli.hw_profiles import load_profile
 
     box = _sandbox(jail)
     try:
@@ -360,7 +360,7 @@ def set_items(draw) -> list[str]:
 @FUZZ_CHEAP
 @given(items=set_items())
 def test_fuzz_set_overrides(items):
-    from t2lcli.hardware import load_profile, parse_set_overrides
+    from t2lcli.hw_profiles import load_profile, parse_set_overrides
 
     expect_clean(parse_set_overrides, items)
     TALLY.add("--set: hardware.load_profile(overrides)", _timed(lambda: load_profile(None, items)))
@@ -391,7 +391,7 @@ def test_fuzz_recipe_yaml(jail, doc, items):
     ("threads: !!timestamp 2020-13-45\n", "invalid value"),
 ])
 def test_yaml_bombs_are_refused_quickly(runner, cli_app, tmp_path, doc, needle):
-    from t2lcli.hardware import load_profile
+    from t2lcli.hw_profiles import load_profile
     from t2lcli.recipe import load_recipe
 
     path = tmp_path / "bomb.yaml"
@@ -866,7 +866,7 @@ def test_fuzz_official_checkpoints(runner, cli_app, official_folder, jail, data)
                                                                                        "x", "", " ", "9" * 400, "1_0", "0x10"]), max_size=5).map(",".join)),
        n=st.integers(1, 4))
 def test_fuzz_merge_weights_and_sizes(text, n):
-    from t2lcli.engine.merge import parse_size, parse_weights
+    from t2lcli.engine.merge.run import parse_size, parse_weights
 
     TALLY.add("flag: merge --weights", expect_clean(parse_weights, text, n, "adapters"))
     size_text = text if len(text) % 2 else text.replace(",", "") + "GB"
@@ -879,7 +879,6 @@ def test_fuzz_merge_weights_and_sizes(text, n):
                                                                      max_size=5).map(",".join)))
 def test_fuzz_bench_and_eval_flags(text):
     from t2lcli.commands.eval import _parse_limits
-
     from t2lcli.engine.bench import parse_batch
     from t2lcli.engine.eval_tasks import parse_task_names
 

@@ -41,14 +41,23 @@ slow = float(os.environ.get("T2L_KILLTEST_SLOW", "0"))
 if slow:  # a slow disk: pause mid-file, before fsync and before rename, so that kills land inside writes
     import safetensors.torch as st
     _save = st.save_file
-    def save_file(tensors, filename, metadata=None):
-        _save(tensors, filename, metadata=metadata)
+    def _rewrite_slowly(filename):
         with open(filename, "rb") as fh:
             data = fh.read()
         with open(filename, "wb") as fh:
             fh.write(data[: len(data) // 2]); fh.flush(); time.sleep(slow)
             fh.write(data[len(data) // 2:])
+    def save_file(tensors, filename, metadata=None):
+        _save(tensors, filename, metadata=metadata)
+        _rewrite_slowly(filename)
     st.save_file = save_file
+    import t2lcli.engine.atomic as atomic
+    _sha = atomic.write_safetensors_sha256
+    def write_safetensors_sha256(tensors, path, metadata=None):  # adapters: bytes hashed in memory, then written
+        digest = _sha(tensors, path, metadata)
+        _rewrite_slowly(path)
+        return digest
+    atomic.write_safetensors_sha256 = write_safetensors_sha256
     def _slowly(fn, pause):
         def wrapped(*a, **k):
             time.sleep(pause)

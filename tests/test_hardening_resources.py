@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from hardening_common import report
 
-from t2lcli.batch import MAX_DESCRIPTION_CHARS, MAX_LINE_BYTES, BadLine, Item, iter_items
+from t2lcli.descriptions import MAX_DESCRIPTION_CHARS, MAX_LINE_BYTES, BadLine, Item, iter_items
 from t2lcli.engine.atomic import TMP_MARK
 
 FIGURES: dict[str, dict] = {}
@@ -157,25 +157,37 @@ def test_batch_peak_rss_1k_vs_100k_lines(tiny_checkpoint_dir, tmp_path):
 
 
 def _enospc_after(monkeypatch, calls_ok: int, as_safetensors: bool = False) -> list[int]:
-    """safetensors.torch.save_file writes half of the file and then fails with ENOSPC (after `calls_ok` good calls),
+    """The two safetensors writers (safetensors.torch.save_file, and `write_safetensors_sha256` for adapters) write
+    half of the file and then fail with ENOSPC (after `calls_ok` good calls between them),
     as an OSError or, like the real library on a full disk, as SafetensorError("... (os error 28)")."""
     import safetensors.torch as st
     from safetensors import SafetensorError
 
-    real = st.save_file
+    import t2lcli.engine.atomic as atomic
+
+    real, real_sha = st.save_file, atomic.write_safetensors_sha256
     seen = [0]
 
-    def save_file(tensors, filename, metadata=None):
+    def half_then_full(path) -> None:  # the disk fills up half-way through the file
         seen[0] += 1
-        real(tensors, filename, metadata=metadata)
         if seen[0] > calls_ok:
-            data = Path(filename).read_bytes()
-            Path(filename).write_bytes(data[: len(data) // 2])
+            data = Path(path).read_bytes()
+            Path(path).write_bytes(data[: len(data) // 2])
             if as_safetensors:
                 raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(filename))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    def save_file(tensors, filename, metadata=None):
+        real(tensors, filename, metadata=metadata)
+        half_then_full(filename)
+
+    def write_safetensors_sha256(tensors, path, metadata=None):  # adapters: serialised in memory, hashed, then written
+        digest = real_sha(tensors, path, metadata)
+        half_then_full(path)
+        return digest
 
     monkeypatch.setattr(st, "save_file", save_file)
+    monkeypatch.setattr(atomic, "write_safetensors_sha256", write_safetensors_sha256)
     return seen
 
 

@@ -279,7 +279,7 @@ def test_plot_png(adapters: dict[str, Path], tmp_path: Path, runner, cli_app) ->
 
 
 def test_plot_samples_when_too_many(adapters: dict[str, Path], tmp_path: Path, runner, cli_app, monkeypatch: pytest.MonkeyPatch) -> None:
-    from t2lcli.engine import inspect
+    from t2lcli.engine.inspect import plot as inspect
 
     monkeypatch.setattr(inspect, "MAX_PLOT", 4)
     root = adapters["math0"].parent.parent

@@ -149,9 +149,9 @@ def test_corrupt_cache_is_remeasured(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_profile_kernel_key() -> None:
     from t2lcli.errors import ProfileError
-    from t2lcli.hardware import KERNEL_POLICIES, load_profile
+    from t2lcli.hw_profiles import KERNEL_POLICIES, load_profile
 
-    assert KERNEL_POLICIES == kernels.POLICIES  # hardware.py stays torch-free, so it keeps its own copy
+    assert KERNEL_POLICIES == kernels.POLICIES  # hw_profiles.py stays torch-free, so it keeps its own copy
     assert load_profile("cpu").kernel == "auto"
     assert load_profile("cpu", ["kernel=onednn"]).kernel == "onednn"
     with pytest.raises(ProfileError, match="kernel: 'fastest' is not one of auto, torch, onednn, openblas"):

@@ -137,7 +137,7 @@ def test_into_base_finds_text_layers_under_another_prefix(tmp_path, tiny_base_di
     from safetensors.torch import load_file, save_file
 
     from t2lcli.engine.adapters import load_adapter
-    from t2lcli.engine.merge import merge_into_base
+    from t2lcli.engine.merge.into_base import merge_into_base
 
     mm = tmp_path / "mm"
     shutil.copytree(tiny_base_dir, mm)
@@ -211,7 +211,7 @@ def test_svd_truncates_to_rank_and_reports_the_error(runner, cli_app, tmp_path, 
 
 
 def test_ties_and_dare(runner, cli_app, tmp_path, adapters):
-    from t2lcli.engine.merge import dare_merge, ties_merge
+    from t2lcli.engine.merge.algebra import dare_merge, ties_merge
 
     # TIES by hand: trim keeps each one's top half (t1: 4, 2; t2: 3, -5); at [1,0] the sum 2-5 elects '-', so t1's 2 is
     # dropped; at [0,0] only t1 survives. Without trimming, agreeing entries get a w-weighted mean: (1·4 + 3·2) / 4 = 2.5
@@ -326,7 +326,7 @@ def test_export_llamacpp_gguf_reads_back_equal_to_the_source(runner, cli_app, tm
     import gguf
 
     from t2lcli.engine.adapters import load_adapter
-    from t2lcli.engine.export import permute_rows
+    from t2lcli.engine.merge.export import permute_rows
 
     out = tmp_path / "gg"
     res = runner.invoke(cli_app, ["merge", str(adapters["qkv"]), "--export", "llamacpp", "-o", str(out)])
@@ -447,9 +447,9 @@ def test_smollm2_into_base_matches_peft_and_gguf_q_permutation(tmp_path, monkeyp
 
     monkeypatch.setenv("T2L_HOME", REAL_T2L_HOME)
     from t2lcli.engine.base_model import gguf_source, resolve_model
-    from t2lcli.engine.export import permute_rows
-    from t2lcli.engine.merge import merge_into_base
-    from t2lcli.models import lookup
+    from t2lcli.engine.merge.export import permute_rows
+    from t2lcli.engine.merge.into_base import merge_into_base
+    from t2lcli.registry import lookup
 
     base = resolve_model("smollm2-135m-instruct")
     src = make_adapter(base, tmp_path / "ad", r=8, seed=11, amp=0.05, base_name="smollm2-135m-instruct")
@@ -494,11 +494,10 @@ def test_llamacpp_runtime_applies_the_gguf_export(runner, cli_app, tmp_path, mon
     from conftest import REAL_T2L_HOME
 
     monkeypatch.setenv("T2L_HOME", REAL_T2L_HOME)
-    import t2lcli.engine.export as ex
-    from t2lcli.engine.adapters import load_adapter
+    import t2lcli.engine.merge.export as ex
+    from t2lcli.engine.adapters import fold_scale, load_adapter
     from t2lcli.engine.base_model import gguf_source, read_config, resolve_model
-    from t2lcli.engine.merge import fold_scale
-    from t2lcli.models import lookup
+    from t2lcli.registry import lookup
 
     base = resolve_model("smollm2-135m-instruct")
     src = make_adapter(base, tmp_path / "ad", r=8, seed=21, amp=0.08, modules=("q_proj", "k_proj", "v_proj"), base_name="smollm2-135m-instruct")

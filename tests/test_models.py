@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from t2lcli import models as registry
+from t2lcli import registry
 from t2lcli.engine import base_model as bm
 from t2lcli.errors import ModelNotFoundError, T2LError
 

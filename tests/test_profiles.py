@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from t2lcli.errors import ProfileError, T2LError
-from t2lcli.hardware import ComponentSettings, Profile, list_profiles, load_profile, parse_set_overrides, profiles_dir
+from t2lcli.hw_profiles import ComponentSettings, Profile, list_profiles, load_profile, parse_set_overrides, profiles_dir
 
 SHIPPED = ["cpu", "gpu-16gb", "gpu-24gb", "gpu-80gb"]
 
@@ -192,7 +192,7 @@ def test_memory_arithmetic_adds_up_and_fits(name):
 def test_quantization_none_imports_nothing():
     code = (
         "import sys\n"
-        "from t2lcli.hardware import load_profile\n"
+        "from t2lcli.hw_profiles import load_profile\n"
         "from t2lcli.engine.base_model import quantization_config\n"
         "assert quantization_config(load_profile('cpu').base) is None\n"
         "print('bitsandbytes' in sys.modules)\n"

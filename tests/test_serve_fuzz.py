@@ -24,7 +24,7 @@ from hardening_common import FUZZ, report
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from t2lcli.batch import MAX_DESCRIPTION_CHARS
+from t2lcli.descriptions import MAX_DESCRIPTION_CHARS
 
 N_CASES = int(os.environ.get("T2L_SERVE_FUZZ_EXAMPLES", "2000"))
 MAX_TOKENS_CAP = 8

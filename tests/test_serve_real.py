@@ -56,7 +56,7 @@ def test_default_checkpoint_ready_fast_and_equal_to_generate_plus_peft(runner, c
 
     from t2lcli.engine.base_model import resolve_model
     from t2lcli.engine.serve.engine import ServeEngine
-    from t2lcli.hardware import load_profile
+    from t2lcli.hw_profiles import load_profile
 
     monkeypatch.setenv("T2L_HOME", REAL_T2L_HOME)  # the converted SmolLM2 (converted once if missing)
     resolve_model("smollm2-135m-instruct")
@@ -71,7 +71,7 @@ def test_gpu_profile_serves_and_matches_generate(runner, cli_app, tmp_path: Path
     """Under a GPU profile (fp32 base so greedy tokens compare exactly): the tiny checkpoint always; an official
     checkpoint with its 8B base when T2L_OFFICIAL_CHECKPOINT names it (bf16, answers checked for shape only)."""
     from t2lcli.engine.serve.engine import ServeEngine
-    from t2lcli.hardware import load_profile
+    from t2lcli.hw_profiles import load_profile
 
     prof = load_profile("gpu-24gb", ["base.dtype=float32", "base.quantization=none"])
     engine = ServeEngine.load(str(tiny_checkpoint_dir), None, prof)

@@ -103,7 +103,7 @@ def hub_base_id(base_model: str | None) -> str | None:
     """A registry name or hub id -> the Hub id (case as the registry spells it); a local folder or unknown id as given."""
     if not base_model:
         return base_model
-    from t2lcli.models import lookup
+    from t2lcli.registry import lookup
 
     entry = lookup(str(base_model))
     return entry.hub_id if entry is not None else base_model
@@ -173,26 +173,35 @@ def model_card(adapter: Adapter) -> str:
 def save_adapter(
     adapter: Adapter, out_dir: Path | str, force: bool = False, dtype: torch.dtype | None = None, card_extra: str = ""
 ) -> Path:
-    """Write a PEFT adapter folder atomically (temporary folder + rename): the one PEFT writer. Returns the folder.
+    """Write a PEFT adapter folder atomically (see `write_adapter`). Returns the folder."""
+    write_adapter(adapter, out_dir, force, dtype, card_extra)
+    return Path(out_dir)
+
+
+def write_adapter(
+    adapter: Adapter, out_dir: Path | str, force: bool = False, dtype: torch.dtype | None = None, card_extra: str = ""
+) -> str:
+    """Write a PEFT adapter folder atomically (temporary folder + rename): the one PEFT writer. Returns the sha256 of
+    the adapter_model.safetensors written (hashed from the bytes in memory: the adapter's id, as `adapter_sha256`).
 
     `card_extra` is appended to the model card (README.md) as it is.
 
     Raises:
         OutputExistsError: the folder exists and `force` is False.
     """
-    from t2lcli.engine.atomic import write_safetensors
+    from t2lcli.engine.atomic import write_safetensors_sha256
 
     out_dir = Path(out_dir)
     tensors = {k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous() for k, v in sorted(adapter.tensors.items())}
     meta = {**adapter.meta, "tool_version": adapter.meta.get("tool_version", __version__)}
     with atomic_dir(out_dir, force=force) as tmp:
-        write_safetensors(tensors, tmp / WEIGHTS_NAME)
+        digest = write_safetensors_sha256(tensors, tmp / WEIGHTS_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps(adapter.config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         card = model_card(Adapter(adapter.config, tensors, meta)) + card_extra
         (tmp / "README.md").write_text(card, encoding="utf-8", errors="replace")
         (tmp / "t2l_adapter.json").write_text(json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n", encoding="utf-8",
                                               errors="replace")
-    return out_dir
+    return digest
 
 
 # ----------------------------------------------------------- scale folding and provenance (shared by merge and export)

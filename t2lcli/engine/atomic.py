@@ -313,6 +313,20 @@ def write_safetensors(tensors: dict[str, Any], path: Path | str, metadata: dict[
     return path
 
 
+def write_safetensors_sha256(tensors: dict[str, Any], path: Path | str, metadata: dict[str, str] | None = None) -> str:
+    """`write_safetensors` for outputs small enough to serialise in memory (adapters): the same file and mode, and
+    the sha256 of its bytes, hashed before they are written (no second read of the file)."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata if metadata is not None else {"format": "pt"})
+    path = Path(path)
+    path.write_bytes(data)
+    os.chmod(path, file_mode())
+    return hashlib.sha256(data).hexdigest()
+
+
 def check_readable(path: Path | str, what: str = "input") -> None:
     """Fail with 'permission denied' (not 'no such file') when `path`, or a folder above it, cannot be read."""
     from t2lcli.errors import InputError

@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from t2lcli import models as registry
+from t2lcli import registry
 from t2lcli.errors import ModelNotFoundError, T2LError
 
 if TYPE_CHECKING:
-    from t2lcli.hardware import ComponentSettings
+    from t2lcli.hw_profiles import ComponentSettings
 
 ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 SUPPORTED_TYPES = ("llama", "mistral", "gemma", "gemma2", "gemma3", "gemma3_text", "qwen2", "qwen3")
@@ -449,7 +449,7 @@ def load_base_model(spec: str | None, settings: ComponentSettings | None = None)
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from t2lcli.hardware import ComponentSettings
+    from t2lcli.hw_profiles import ComponentSettings
 
     settings = settings or ComponentSettings()
     path = resolve_model(spec, "base")

@@ -53,7 +53,7 @@ class _Layer(nn.Module):
         self.up = KLinear(h, inter)
         self.down = KLinear(inter, h)
         self.ln2 = nn.LayerNorm(h, eps=eps)
-        self.act = _ACTS[act]
+        self.act: Any = _ACTS[act]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, t, h = x.shape

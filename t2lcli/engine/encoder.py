@@ -41,14 +41,15 @@ class EncoderSpec:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
-def preprocess(text: str, spec: EncoderSpec) -> str:
+def preprocess(text: str, spec: EncoderSpec, checked: bool = False) -> str:
     """Strip; append '.' when the last character is a letter (the reference's rule). Rejects what `t2lcli.text`
-    refuses.
+    refuses, unless `checked` (the caller applied that rule already, as `t2l generate` does before loading anything).
 
     Raises:
         InputError: empty, over-long, or no visible text (control/zero-width/punctuation only).
     """
-    check_description(text)  # the one rule (t2lcli.text): empty, over-long, no visible text
+    if not checked:
+        check_description(text)  # the one rule (t2lcli.text): empty, over-long, no visible text
     s = text.strip()
     s = valid_text(s)  # lone surrogates from bad input become U+FFFD
     if spec.add_full_stop and s[-1].isalpha():
@@ -61,7 +62,7 @@ class TextEncoder:
 
     def __init__(self, spec: EncoderSpec, device: str = "cpu", dtype: torch.dtype | str = torch.float32) -> None:
         from t2lcli.engine.base_model import resolve_model
-        from t2lcli.models import lookup
+        from t2lcli.registry import lookup
 
         self.spec = spec
         entry = lookup(spec.model)
@@ -102,8 +103,9 @@ class TextEncoder:
             raise T2LError(f"encoder {spec.model} has dimension {hidden}, the checkpoint expects {spec.dim}")
 
     @torch.no_grad()
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        prepared = [preprocess(t, self.spec) for t in texts]
+    def embed(self, texts: list[str], checked: bool = False) -> torch.Tensor:
+        """`texts` -> [n, dim]; `checked`: each text already passed `t2lcli.text.check_description`."""
+        prepared = [preprocess(t, self.spec, checked) for t in texts]
         batch = self._tokenize(prepared, None)
         if batch["input_ids"].shape[1] > self.spec.max_length:
             self.truncated += sum(int(m.sum()) > self.spec.max_length for m in batch["attention_mask"])
@@ -140,7 +142,7 @@ def auto_dtype(device: str, n_params: int) -> torch.dtype:
 
 
 def native_cpu_bf16() -> bool:
-    cpu = getattr(torch, "cpu", None)
+    cpu: Any = getattr(torch, "cpu", None)
     try:
         return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
     except AttributeError:  # pragma: no cover - other torch builds

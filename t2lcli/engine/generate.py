@@ -13,11 +13,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, overload
 
 import torch
 
-from t2lcli.engine.adapters import Adapter, effective_scaling, fold_scale, peft_config, save_adapter
+from t2lcli.engine.adapters import Adapter, effective_scaling, fold_scale, peft_config, write_adapter
 from t2lcli.engine.checkpoint import T2LCheckpoint, load_checkpoint
 from t2lcli.engine.hypernet import lora_state_dict
 from t2lcli.errors import InputError, T2LError
@@ -39,9 +39,16 @@ class GenerateOptions:
 
 @dataclass
 class Timings:
+    """Seconds spent by a Generator, recorded once where the work happens (load, `embed`, `factors`) and summed over
+    calls; `t2l generate` reports them per adapter (`timings_ms` in --json)."""
+
+    load_s: float = 0.0
     embed_s: float = 0.0
     forward_s: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
+
+    def copy(self) -> Timings:
+        return Timings(self.load_s, self.embed_s, self.forward_s, dict(self.extra))
 
 
 class Generator:
@@ -65,9 +72,22 @@ class Generator:
              trust_remote_code: bool = False, encoder_dtype: str = "float32", kernel: str = "auto") -> Generator:
         from t2lcli.engine.base_model import resolve_device, torch_dtype
 
+        t0 = time.perf_counter()
         device = resolve_device(device)
-        return cls(load_checkpoint(spec, device=device, dtype=torch_dtype(dtype)), device, resolve_device(encoder_device), trust_remote_code,
-                   encoder_dtype, kernel)
+        gen = cls(load_checkpoint(spec, device=device, dtype=torch_dtype(dtype)), device, resolve_device(encoder_device), trust_remote_code,
+                  encoder_dtype, kernel)
+        gen.timings.load_s = time.perf_counter() - t0
+        return gen
+
+    @property
+    def truncated(self) -> int:
+        """How many descriptions so far exceeded the encoder's token limit (`max_length`) and were cut to it."""
+        return int(self._encoder.truncated) if self._encoder is not None else 0
+
+    @property
+    def max_length(self) -> int:
+        """The encoder's token limit per description."""
+        return int(self.ckpt.encoder.max_length)
 
     @property
     def encoder(self) -> Any:
@@ -87,9 +107,10 @@ class Generator:
                 configure(self._encoder.model, self.kernel, "encoder")
         return self._encoder
 
-    def embed(self, descriptions: list[str]) -> torch.Tensor:
+    def embed(self, descriptions: list[str], checked: bool = False) -> torch.Tensor:
+        """Descriptions -> embeddings [n, dim] (timed into `timings.embed_s`); `checked`: they passed the rule already."""
         t0 = time.perf_counter()
-        e = self.encoder.embed(descriptions)
+        e = self.encoder.embed(descriptions, checked=checked)
         self.timings.embed_s += time.perf_counter() - t0
         return e
 
@@ -163,24 +184,39 @@ class Generator:
             result.append(adapter)
         return result
 
-    def generate(self, descriptions: str | list[str], options: GenerateOptions | None = None) -> Adapter | list[Adapter]:
+    @overload
+    def generate(self, descriptions: str, options: GenerateOptions | None = None, *, checked: bool = False) -> Adapter: ...
+
+    @overload
+    def generate(self, descriptions: list[str], options: GenerateOptions | None = None, *, checked: bool = False) -> list[Adapter]: ...
+
+    def generate(self, descriptions: str | list[str], options: GenerateOptions | None = None, *, checked: bool = False) -> Adapter | list[Adapter]:
         """One adapter per description: a single string gives one Adapter, a list gives a list.
+
+        `checked=True`: the caller has already applied `check_descriptions` (as `run_generate` does before loading
+        anything), so the rule is not applied a second time.
 
         Raises:
             InputError: a description that `t2lcli.text` refuses (empty, over-long, no visible text).
         """
         if isinstance(descriptions, str):
-            return self.generate([descriptions], options)[0]  # type: ignore[index]
+            return self.generate([descriptions], options, checked=checked)[0]
         if not descriptions:
             return []
-        for i, d in enumerate(descriptions):
-            check_description(d, f"description {i + 1}" if len(descriptions) > 1 else "")
-        return self.adapters_from_embeddings(self.embed(descriptions), descriptions, options)
+        if not checked:
+            check_descriptions(descriptions)
+        return self.adapters_from_embeddings(self.embed(descriptions, checked=True), descriptions, options)
 
     def save(self, adapter: Adapter, out_dir: Path | str, force: bool = False, dtype: str = "float32") -> Path:
+        """Write `adapter` as a PEFT folder; returns the folder."""
+        self.write(adapter, out_dir, force, dtype)
+        return Path(out_dir)
+
+    def write(self, adapter: Adapter, out_dir: Path | str, force: bool = False, dtype: str = "float32") -> str:
+        """Write `adapter` as a PEFT folder; returns the sha256 of its adapter_model.safetensors (the adapter's id)."""
         from t2lcli.engine.base_model import torch_dtype
 
-        return save_adapter(adapter, out_dir, force=force, dtype=torch_dtype(dtype))
+        return write_adapter(adapter, out_dir, force=force, dtype=torch_dtype(dtype))
 
     def apply(self, model: torch.nn.Module, adapter: Adapter) -> Any:
         """Add the adapter to an already loaded model in memory; returns a handle with `.remove()`."""
@@ -189,13 +225,19 @@ class Generator:
         return apply_adapter(model, adapter)
 
 
+def check_descriptions(descriptions: list[str]) -> None:
+    """The one description rule (`t2lcli.text`) on each description, named by its place when there are several."""
+    for i, d in enumerate(descriptions):
+        check_description(d, f"description {i + 1}" if len(descriptions) > 1 else "")
+
+
 def _configure_hypernet(net: torch.nn.Module, kernel: str) -> None:
     """The kernel policy for the hypernetwork's linears: the heads and the trunk (everything before them) as two stages."""
     from t2lcli.engine.kernels import configure
 
     try:
         configure(net, kernel, "trunk")
-        configure(net.heads, kernel, "heads")
+        configure(cast(torch.nn.Module, net.heads), kernel, "heads")
     except ValueError as exc:
         raise InputError(str(exc), hint="set the profile's kernel to auto or torch (--set kernel=auto)") from None
 
@@ -243,10 +285,7 @@ def check_base_matches(ckpt: T2LCheckpoint, base_model: str | None) -> None:
         return
     from t2lcli.engine.base_model import read_config, resolve_model, shape_from_config
 
-    try:
-        shape = shape_from_config(read_config(resolve_model(base_model)), list(ckpt.config.target_modules))
-    except T2LError:
-        raise
+    shape = shape_from_config(read_config(resolve_model(base_model)), list(ckpt.config.target_modules))
     mine = {m: (s.d_in, s.d_out) for m, s in ckpt.shape.modules.items()}
     theirs = {m: (s.d_in, s.d_out) for m, s in shape.modules.items()}
     if shape.n_layers != ckpt.shape.n_layers or mine != theirs:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -232,7 +232,8 @@ class HyperLoRA(nn.Module):
     def reset_heads(self, generator: torch.Generator | None = None) -> None:
         """bias-HyperInit: zero head weights; the head bias is PEFT's initial LoRA (A kaiming-uniform, B = 0)."""
         c = self.config
-        for mod, head in self.heads.items():
+        for mod, module in self.heads.items():
+            head = cast(nn.Linear, module)  # KLinear
             head.weight.zero_()
             if head.bias is None:
                 continue
@@ -283,7 +284,7 @@ class HyperLoRA(nn.Module):
     def _ab_pass(self, h: torch.Tensor, module: str, which: str) -> torch.Tensor:
         """M/S: one pass for A or B. Returns [B, L, r, max(d_in, d_out)]."""
         c = self.config
-        g = h + self.out_emb_norm(self.out_emb[module][which])
+        g = h + self.out_emb_norm(cast(nn.ParameterDict, self.out_emb[module])[which])
         u = self.mlp2(g)
         if c.variant == "M":
             out = self._tail(u, module)
@@ -315,21 +316,22 @@ class HyperLoRA(nn.Module):
         """Per-layer statistics and offsets for `layers` (None: all layers, used as stored, without a gathered copy)."""
         c = self.config
 
-        def pick(t: torch.Tensor) -> torch.Tensor:
+        def pick(stats: nn.ModuleDict, which: str) -> torch.Tensor:
+            t = cast(torch.Tensor, cast(nn.ParameterDict, stats[which])[module])
             return t if layers is None else t[layers]
 
         if c.training_task == "recon":
             if c.factorized:
                 if c.pred_z_score and c.recon_stats:
-                    a = a * (pick(self.std_recon_target["A"][module]) + 1e-10) + pick(self.mean_recon_target["A"][module])
-                    b = b * (pick(self.std_recon_target["B"][module]) + 1e-10) + pick(self.mean_recon_target["B"][module])
+                    a = a * (pick(self.std_recon_target, "A") + 1e-10) + pick(self.mean_recon_target, "A")
+                    b = b * (pick(self.std_recon_target, "B") + 1e-10) + pick(self.mean_recon_target, "B")
             else:
                 s = math.sqrt(c.delta_w_scaling)
                 a, b = a / s, b / s
                 return a, b
         if c.ab_offset:
-            a = a + pick(self.AB_offset["A"][module]).to(a.dtype)
-            b = b + pick(self.AB_offset["B"][module]).to(b.dtype)
+            a = a + pick(self.AB_offset, "A").to(a.dtype)
+            b = b + pick(self.AB_offset, "B").to(b.dtype)
         return a, b
 
     def forward(self, emb: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -19,6 +19,7 @@ bf16 is never chosen here (it changes results beyond fp32 tolerance); a module a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -147,7 +148,8 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
     """The CPU model name and the ISA flags that decide GEMM speed (from /proc/cpuinfo; platform otherwise)."""
     import platform
 
-    model, flags = "", []
+    model = ""
+    flags: list[str] = []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name") and not model:
@@ -174,7 +176,7 @@ def _key(fp: dict[str, Any]) -> str:
 
 
 def cache_path() -> Path:
-    from t2lcli.models import t2l_home
+    from t2lcli.registry import t2l_home
 
     return t2l_home() / "kernels.json"
 
@@ -253,7 +255,7 @@ def measure(rows: int, w: torch.Tensor, b: torch.Tensor | None, kernels: list[st
     with torch.no_grad():
         for rep in range(3):  # round-robin, best of each: a burst of other load does not hit one kernel only
             for name in names:
-                best[name] = min(best.get(name, float("inf")), time_gemm(lambda name=name: gemm(x, w, b, name), reps=1))
+                best[name] = min(best.get(name, float("inf")), time_gemm(functools.partial(gemm, x, w, b, name), reps=1))
             if rep == 0 and min(best.values()) > 0.5:  # slow shapes (Llama-8B heads): one round is enough
                 break
     return best

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from t2lcli.hardware import Profile
+from t2lcli.hw_profiles import Profile
 
 
 def chat_prompt(tokenizer: Any, text: str) -> str:

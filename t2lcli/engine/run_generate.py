@@ -6,14 +6,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from t2lcli import console
-from t2lcli.batch import BadLine, Item, iter_items, slugify, valid_text
-from t2lcli.engine.adapters import WEIGHTS_NAME, tensors_sha256
+from t2lcli.descriptions import BadLine, Item, iter_items, slugify
 from t2lcli.engine.atomic import EMPTY, check_output_free, t2l_output_kind
 from t2lcli.errors import InputError, OutputExistsError
-from t2lcli.hardware import Profile
+from t2lcli.hw_profiles import Profile
+
+if TYPE_CHECKING:
+    import torch
+
+    from t2lcli.engine.adapters import Adapter
+    from t2lcli.engine.generate import GenerateOptions, Generator, Timings
 
 
 @dataclass
@@ -90,109 +95,110 @@ def _prescan(source: str, skip_bad: bool, output: Path, force: bool) -> int:
 def run_generate(req: GenerateRequest, profile: Profile, on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Generate and write adapters; calls `on_result` after each one is complete on disk.
 
-    Returns all results, or only the first when `req.keep_results` is False (streamed batches: `on_result` sees each).
+    Every input is checked before the checkpoint is loaded (a description once, by the one rule; a batch file line
+    by line; an embedding file by reading it). Returns all results, or only the first when `req.keep_results` is
+    False (streamed batches: `on_result` sees each).
     """
-    from t2lcli.engine.generate import GenerateOptions, Generator, check_base_matches, load_embeddings
+    from t2lcli.engine.generate import GenerateOptions, Generator, check_base_matches, check_descriptions, load_embeddings
 
     total: int | None = None
-    n_emb = None
-    if req.embedding_file is not None:
-        emb = load_embeddings(req.embedding_file)
-        n_emb = emb.shape[0]
-    if req.from_file is not None or (n_emb is not None and n_emb > 1):
+    emb = load_embeddings(req.embedding_file) if req.embedding_file is not None else None
+    if req.from_file is not None or (emb is not None and emb.shape[0] > 1):
         out_dir = batch_parent(req)
         if req.from_file is not None and req.from_file != "-":
             total = _prescan(req.from_file, req.skip_bad, out_dir, req.force)
     else:
         out_dir = single_output(req)
         check_output_free(out_dir, req.force)
-    if n_emb is None:
-        emb = None
     if req.description is not None:
-        from t2lcli.engine.encoder import EncoderSpec, preprocess
-
-        preprocess(req.description, EncoderSpec())  # fail fast on empty/over-long input, before loading anything
+        check_descriptions([req.description])  # fail fast on empty/over-long input, before loading anything
 
     if profile.threads:  # `--set threads=N`; adapters are byte-identical for any thread count with AVX2/AVX-512 kernels (tests/test_hardening_determinism.py)
         import torch
 
         torch.set_num_threads(profile.threads)
-    t_load = time.perf_counter()
     gen = Generator.load(
         req.checkpoint, device=profile.hypernet.device, dtype=profile.hypernet.dtype, encoder_device=profile.encoder.device,
         trust_remote_code=req.trust_remote_code, encoder_dtype=profile.encoder.dtype, kernel=profile.kernel,
     )
-    load_s = time.perf_counter() - t_load
     check_base_matches(gen.ckpt, req.base_model)
+    sink = _Writer(gen, req, on_result)
     opts = GenerateOptions(scale=req.scale, scaling=req.scaling, dtype=req.dtype)
-    results: list[dict[str, Any]] = []
-    written = 0
-
-    def write(adapter: Any, path: Path, name: str, desc: str, t_embed: float, t_fwd: float) -> None:
-        t0 = time.perf_counter()
-        gen.save(adapter, path, force=req.force, dtype=req.dtype)
-        res = {
-            "path": str(path), "name": name, "description": valid_text(desc), "sha256": tensors_sha256(path / WEIGHTS_NAME),
-            "timings_ms": {"checkpoint_load": round(load_s * 1000, 3), "embed": round(t_embed * 1000, 3),
-                           "hypernet": round(t_fwd * 1000, 3), "write": round((time.perf_counter() - t0) * 1000, 3)},
-        }
-        nonlocal written
-        written += 1
-        if req.keep_results or not results:
-            results.append(res)
-        if on_result:
-            on_result(res)
-
     if emb is not None:
-        if emb.shape[1] != gen.ckpt.config.emb_dim:
-            raise InputError(f"embeddings have dimension {emb.shape[1]}; the checkpoint expects {gen.ckpt.config.emb_dim}")
-        n = emb.shape[0]
-        names = ["adapter"] if n == 1 else [f"emb-{i:06d}" for i in range(n)]
-        paths = [out_dir] if n == 1 else [out_dir / nm for nm in names]
-        for p in paths:
-            check_output_free(p, req.force)
-        for start in range(0, n, req.batch_size):
-            part = emb[start : start + req.batch_size]
-            t0 = time.perf_counter()
-            adapters = gen.adapters_from_embeddings(part, [f"<embedding {start + i}>" for i in range(part.shape[0])], opts)
-            t_fwd = (time.perf_counter() - t0) / max(1, len(adapters))
-            for i, ad in enumerate(adapters):
-                write(ad, paths[start + i], names[start + i], ad.meta["description"], 0.0, t_fwd)
-        return results
-
-    if req.description is not None:
-        t0 = time.perf_counter()
-        e = gen.embed([req.description])
-        t_embed = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        adapter = gen.adapters_from_embeddings(e, [req.description], opts)[0]
-        write(adapter, out_dir, out_dir.name, req.description, t_embed, time.perf_counter() - t0)
+        _from_embeddings(gen, emb, out_dir, opts, sink)
+    elif req.description is not None:
+        before = gen.timings.copy()
+        sink.write(gen.generate([req.description], opts, checked=True)[0], out_dir, out_dir.name, before)
         _warn_truncation(gen)
-        return results
+    else:
+        assert req.from_file is not None
+        _from_file(gen, req.from_file, total, out_dir, opts, sink)
+        if not sink.written:
+            raise InputError("no descriptions were read", hint="give one description per line")
+        _warn_truncation(gen)
+    return sink.results
 
-    assert req.from_file is not None
+
+class _Writer:
+    """Writes each adapter, builds its result (path, name, description, sha256, per-adapter timings) and passes it on."""
+
+    def __init__(self, gen: Generator, req: GenerateRequest, on_result: Callable[[dict[str, Any]], None] | None) -> None:
+        self.gen, self.req, self.on_result = gen, req, on_result
+        self.results: list[dict[str, Any]] = []
+        self.written = 0
+
+    def write(self, adapter: Adapter, path: Path, name: str, before: Timings, n: int = 1) -> None:
+        """`before`: the generator's timings before the call that made this adapter and `n`-1 others."""
+        t0 = time.perf_counter()
+        sha = self.gen.write(adapter, path, force=self.req.force, dtype=self.req.dtype)
+        now = self.gen.timings
+        res = {
+            "path": str(path), "name": name, "description": adapter.meta["description"], "sha256": sha,
+            "timings_ms": {"checkpoint_load": _ms(now.load_s), "embed": _ms((now.embed_s - before.embed_s) / n),
+                           "hypernet": _ms((now.forward_s - before.forward_s) / n), "write": _ms(time.perf_counter() - t0)},
+        }
+        self.written += 1
+        if self.req.keep_results or not self.results:
+            self.results.append(res)
+        if self.on_result:
+            self.on_result(res)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def _from_embeddings(gen: Generator, emb: torch.Tensor, out_dir: Path, opts: GenerateOptions, sink: _Writer) -> None:
+    """Precomputed embeddings: one adapter into `out_dir`, or many into `out_dir/emb-NNNNNN/`."""
+    if emb.shape[1] != gen.ckpt.config.emb_dim:
+        raise InputError(f"embeddings have dimension {emb.shape[1]}; the checkpoint expects {gen.ckpt.config.emb_dim}")
+    n = emb.shape[0]
+    names = ["adapter"] if n == 1 else [f"emb-{i:06d}" for i in range(n)]
+    paths = [out_dir] if n == 1 else [out_dir / nm for nm in names]
+    for p in paths:
+        check_output_free(p, sink.req.force)
+    for start in range(0, n, sink.req.batch_size):
+        part = emb[start : start + sink.req.batch_size]
+        before = gen.timings.copy()
+        adapters = gen.adapters_from_embeddings(part, [f"<embedding {start + i}>" for i in range(part.shape[0])], opts)
+        for i, ad in enumerate(adapters):
+            sink.write(ad, paths[start + i], names[start + i], before, max(1, len(adapters)))
+
+
+def _from_file(gen: Generator, source: str, total: int | None, out_dir: Path, opts: GenerateOptions, sink: _Writer) -> None:
+    """A batch file (or stdin), streamed in chunks of --batch-size; one folder per item under `out_dir`."""
     with console.progress() as bar:
         task = bar.add_task("generating adapters", total=total)
-        for chunk in _chunks(iter_items(req.from_file), req.batch_size, req.skip_bad):
+        for chunk in _chunks(iter_items(source), sink.req.batch_size, sink.req.skip_bad):
             for it in chunk:
-                check_output_free(out_dir / it.name, req.force)
-            descs = [it.description for it in chunk]
-            t0 = time.perf_counter()
-            e = gen.embed(descs)
-            t_embed = (time.perf_counter() - t0) / len(chunk)
-            t0 = time.perf_counter()
-            adapters = gen.adapters_from_embeddings(e, descs, opts)
-            t_fwd = (time.perf_counter() - t0) / len(chunk)
+                check_output_free(out_dir / it.name, sink.req.force)
+            before = gen.timings.copy()
+            adapters = gen.generate([it.description for it in chunk], opts, checked=True)  # each line passed the rule in iter_items
             for it, ad in zip(chunk, adapters, strict=True):
-                write(ad, out_dir / it.name, it.name, it.description, t_embed, t_fwd)
+                sink.write(ad, out_dir / it.name, it.name, before, len(chunk))
             bar.advance(task, len(chunk))
-    if not written:
-        raise InputError("no descriptions were read", hint="give one description per line")
-    _warn_truncation(gen)
-    return results
 
 
-def _warn_truncation(gen: Any) -> None:
-    enc = gen._encoder
-    if enc is not None and enc.truncated:
-        console.warn(f"{enc.truncated} description(s) exceeded the encoder's {enc.spec.max_length}-token limit and were truncated")
+def _warn_truncation(gen: Generator) -> None:
+    if gen.truncated:
+        console.warn(f"{gen.truncated} description(s) exceeded the encoder's {gen.max_length}-token limit and were truncated")

@@ -39,7 +39,7 @@ def base_config(base: str | None, *, hub_cache: bool = True, known_shapes: bool 
     """
     if not base:
         return None
-    from t2lcli import models as registry
+    from t2lcli import registry
     from t2lcli.engine.base_model import converted_dir
 
     candidates = [Path(base).expanduser()]

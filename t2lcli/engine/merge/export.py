@@ -28,8 +28,7 @@ from typing import Any
 
 import torch
 
-from t2lcli import __version__
-from t2lcli import models as registry
+from t2lcli import __version__, registry
 from t2lcli.engine.adapters import Adapter
 from t2lcli.engine.atomic import atomic_dir
 from t2lcli.errors import InputError, ShapeMismatchError, T2LError
