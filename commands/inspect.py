@@ -50,6 +50,7 @@ def inspect_cmd(
         raise UsageError(f"unknown --space '{space}'", hint="use delta_w (default) or embedding")
     _check_targets(target, adapters_only=similarity or plot is not None)
     from t2lcli.commands.render import inspect as render
+
     from t2lcli.engine import inspect as engine
 
     if compat is not None:

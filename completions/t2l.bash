@@ -100,6 +100,10 @@ _t2l() {
         serve:--max-tokens-cap) COMPREPLY=(); return 0 ;;
         serve:--queue-size) COMPREPLY=(); return 0 ;;
         serve:--set) COMPREPLY=(); return 0 ;;
+        serve:--backend) COMPREPLY=(); return 0 ;;
+        serve:--max-model-len) COMPREPLY=(); return 0 ;;
+        serve:--max-lora-rank) COMPREPLY=(); return 0 ;;
+        serve:--gpu-memory-utilization) COMPREPLY=(); return 0 ;;
     esac
     case "$cmd" in
         "") opts="generate inspect eval bench merge convert train serve --version --verbose -v --help -h" ;;
@@ -110,7 +114,7 @@ _t2l() {
         merge) opts="--output -o --into-base --export --method --weights -w --rank -r --density --seed --description -d --checkpoint -c --base-model -m --dtype --max-shard-size --max-lora-rank --name --runtime-base --profile -p --set --force --json --trust-remote-code --help -h" ;;
         convert) opts="--output -o --dtype --force --json --help -h" ;;
         train) opts="--output -o --set --resume --force --max-steps --time-budget --list-recipes --show-recipe --profile -p --json --help -h" ;;
-        serve) opts="--checkpoint -c --base-model -m --profile -p --host --port --api-key-file --insecure-no-auth --max-adapters --max-adapter-mb --max-batch --max-tokens-cap --queue-size --set --trust-remote-code --help -h" ;;
+        serve) opts="--checkpoint -c --base-model -m --profile -p --host --port --api-key-file --insecure-no-auth --max-adapters --max-adapter-mb --max-batch --max-tokens-cap --queue-size --set --trust-remote-code --backend --max-model-len --max-lora-rank --gpu-memory-utilization --help -h" ;;
         *) opts="" ;;
     esac
     if [[ -z "$cmd" || "$cur" == -* ]]; then

@@ -180,6 +180,10 @@ _t2l() {
             '--queue-size[Requests that may wait for a batch; more get 503 + Retry-After.]:queue-size: ' \
             '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
             '--trust-remote-code[Allow encoders that run code from their repository (gte-large-en-v1.5).]' \
+            '--backend[What decodes - hf (transformers, batched with per-row LoRA hooks) or vllm (vLLMs engine with LoRA requests).]:backend: ' \
+            '--max-model-len[vllm - the context vLLM reserves KV cache for (default - the models, at most 4096 on CPU).]:max-model-len: ' \
+            '--max-lora-rank[vllm - LoRA rank slots (default - the smallest vLLM rank that holds the checkpoints r).]:max-lora-rank: ' \
+            '--gpu-memory-utilization[vllm on a GPU - the share of GPU memory vLLM may use (vLLMs default 0.9).]:gpu-memory-utilization: ' \
             '(--help -h)'{--help,-h}'[Show the help and exit.]' \
             '*: : '
           ;;

@@ -361,6 +361,7 @@ def test_the_cli_copies_of_engine_lists_are_equal():
     """The command modules check names against copies of the engine's lists (the engine modules import torch)."""
     from t2lcli.commands import inspect as inspect_cmd
     from t2lcli.commands import merge as merge_cmd
+
     from t2lcli.engine import inspect
     from t2lcli.engine.checkpoint import SHIPPED
     from t2lcli.engine.merge import algebra as merge

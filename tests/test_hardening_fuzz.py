@@ -879,6 +879,7 @@ def test_fuzz_merge_weights_and_sizes(text, n):
                                                                      max_size=5).map(",".join)))
 def test_fuzz_bench_and_eval_flags(text):
     from t2lcli.commands.eval import _parse_limits
+
     from t2lcli.engine.bench import parse_batch
     from t2lcli.engine.eval_tasks import parse_task_names
 

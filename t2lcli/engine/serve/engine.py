@@ -71,6 +71,7 @@ class AdapterServing:
     `scheduler.waiting` and `_attach(adapter, id)` (how an adapter becomes usable by its decoder)."""
 
     backend = "hf"
+    scheduler: Any  # set by each backend: its queue (`waiting`) and decoder loop
 
     def __init__(self, generator: Any, tokenizer: Any, base_name: str, context: int, eos_ids: set[int],
                  settings: ServeSettings | None = None, metrics: Any = None) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -104,7 +104,8 @@ class TrainerCheckpoints:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
             opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            return get_model_state_dict(self.net, options=opts), get_optimizer_state_dict(self.net, self.opt, options=opts)
+            model_sd = cast("dict[str, torch.Tensor]", get_model_state_dict(self.net, options=opts))
+            return model_sd, cast("dict[str, Any]", get_optimizer_state_dict(self.net, self.opt, options=opts))
         return {k: v.detach().cpu() for k, v in self.net.state_dict().items()}, self.opt.state_dict()
 
     def _plain_net(self, state: dict[str, torch.Tensor] | None) -> nn.Module:
@@ -130,8 +131,9 @@ class TrainerCheckpoints:
             for m, path in self.paths.items():
                 for layer in range(self.shape.n_layers):
                     prefix = "base_model.model." + path.format(l=layer)
-                    tensors[f"{prefix}.lora_A.weight"] = net.A[m][layer].detach().float().clone()
-                    tensors[f"{prefix}.lora_B.weight"] = net.B[m][layer].detach().float().clone()
+                    heads_a, heads_b = cast(Any, net.A), cast(Any, net.B)  # nn.ParameterDicts of per-layer factors
+                    tensors[f"{prefix}.lora_A.weight"] = heads_a[m][layer].detach().float().clone()
+                    tensors[f"{prefix}.lora_B.weight"] = heads_b[m][layer].detach().float().clone()
             cfg = peft_config(c.r, c.lora_alpha, list(c.target_modules), self.recipe.base_model, use_rslora=c.use_rslora)
             meta = {"description": self.recipe.description or "multi-task LoRA trained by t2l", "training": self.provenance(seconds)}
             return save_adapter(Adapter(cfg, tensors, meta), folder, force=force)

@@ -54,7 +54,8 @@ def warm_start_adapter(net: nn.Module, spec: str, r: int, paths: dict[str, str],
     except KeyError as exc:
         raise DataError(f"train.init_from {spec} lacks {exc.args[0]}", hint="the adapter must target the recipe's base and modules") from None
     load_strict(net, state, str(spec))
-    training = ad.meta.get("training") if isinstance(ad.meta.get("training"), dict) else {}
+    raw = ad.meta.get("training")
+    training: dict[str, Any] = raw if isinstance(raw, dict) else {}
     return {"path": str(spec), "sha256": tensors_sha256(Path(spec) / "adapter_model.safetensors"),
             "steps": training.get("steps"), "seconds": training.get("seconds"), "dtype": "fp32 master weights from the adapter's tensors"}
 
