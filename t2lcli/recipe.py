@@ -11,17 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from t2lcli import hypernet_defaults as defaults
 from t2lcli.errors import ConfigError, UsageError, format_problems, show_key, show_value
 
 
 @dataclass
 class HypernetSection:
-    variant: str = "L"
-    latent: int = 128
-    head_in: int = 512
-    r: int = 8
-    lora_alpha: float = 16.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    variant: str = defaults.VARIANT
+    latent: int = defaults.LATENT
+    head_in: int = defaults.HEAD_IN
+    r: int = defaults.RANK
+    lora_alpha: float = defaults.LORA_ALPHA
+    target_modules: list[str] = field(default_factory=lambda: list(defaults.TARGET_MODULES))
     dropout: float = 0.05
 
 

@@ -43,7 +43,7 @@ def rel_tol(dtype: torch.dtype = torch.float32, depth: int = 1) -> float:
 
 def max_rel_diff(got: torch.Tensor, want: torch.Tensor) -> float:
     """max |got - want| / max |want| (0 when both are all zero, inf when only `want` is)."""
-    got, want = torch.as_tensor(got), torch.as_tensor(want)
+    got, want = torch.as_tensor(got).detach(), torch.as_tensor(want).detach()
     diff = float((got.double() - want.double()).abs().max()) if want.numel() else 0.0
     scale = float(want.double().abs().max()) if want.numel() else 0.0
     if scale == 0.0:

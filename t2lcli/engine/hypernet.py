@@ -18,6 +18,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from t2lcli import hypernet_defaults as defaults
 from t2lcli.engine.kernels import KLinear
 from t2lcli.errors import show_value
 
@@ -29,15 +30,15 @@ MAX_SIZE = 1 << 20  # any single size (a sanity bound on configs read from files
 class HyperNetConfig:
     """Every size of a hypernetwork. `module_dims[m] = (d_in, d_out)`; `target_modules` fixes the type index."""
 
-    variant: str = "L"
+    variant: str = defaults.VARIANT
     emb_dim: int = 384
-    latent: int = 128
-    head_in: int = 512
+    latent: int = defaults.LATENT
+    head_in: int = defaults.HEAD_IN
     n_layers: int = 30
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    target_modules: list[str] = field(default_factory=lambda: list(defaults.TARGET_MODULES))
     module_dims: dict[str, list[int]] = field(default_factory=dict)
-    r: int = 8
-    lora_alpha: float = 16.0
+    r: int = defaults.RANK
+    lora_alpha: float = defaults.LORA_ALPHA
     use_rslora: bool = True
     head_bias: bool = True
     learnable_pos_emb: bool = False
