@@ -69,7 +69,7 @@ if slow:  # a slow disk: pause mid-file, before fsync and before rename, so that
 if os.environ.get("T2L_KILLTEST_CONVERT"):  # model-cache conversion with a stand-in converter (copies a tiny model)
     import shutil
     from pathlib import Path
-    import t2lcli.engine.base_model as bm
+    import t2lcli.engine.model_files as bm
     src_dir = Path(os.environ["T2L_KILLTEST_CONVERT"])
     bm.gguf_source = lambda entry: src_dir / "config.json"
     def convert(src, out, hint):
@@ -315,7 +315,7 @@ def test_kill_merge_slow(child, tiny_base_dir, tmp_path):
 
 def _cache_state(home: Path, source: Path | None) -> str:
     """absent | complete (marker present, sizes match, bytes equal to the source model) - never anything else."""
-    from t2lcli.engine import base_model as bm
+    from t2lcli.engine import model_files as bm
 
     target = home / "models" / "smollm2-135m-instruct"
     if not target.exists():

@@ -16,6 +16,7 @@ import pytest
 
 from t2lcli import registry
 from t2lcli.engine import base_model as bm
+from t2lcli.engine import model_files
 from t2lcli.errors import ModelNotFoundError, T2LError
 
 SMOL = registry.REGISTRY["smollm2-135m-instruct"]
@@ -177,7 +178,7 @@ def _truncated_real_gguf() -> bytes:
 def test_corrupt_gguf_clear_error_and_clean_cache(fresh_home, tmp_path, monkeypatch, kind):
     data = {"garbage": b"this is not a gguf file\x00" * 100, "empty": b""}.get(kind) or _truncated_real_gguf()
     src = _fake_package(tmp_path, data)
-    monkeypatch.setattr(bm, "gguf_source", lambda entry: src)
+    monkeypatch.setattr(model_files, "gguf_source", lambda entry: src)
     with pytest.raises(T2LError) as info:
         bm.ensure_converted(SMOL)
     assert info.value.message.startswith(f"cannot read GGUF {src}: ")
@@ -188,7 +189,7 @@ def test_corrupt_gguf_clear_error_and_clean_cache(fresh_home, tmp_path, monkeypa
 
 def test_corrupt_gguf_cli(runner, cli_app, fresh_home, tmp_path, tiny_checkpoint_dir, monkeypatch):
     src = _fake_package(tmp_path, b"GGUF" + b"\xff" * 64)
-    monkeypatch.setattr(bm, "gguf_source", lambda entry: src)
+    monkeypatch.setattr(model_files, "gguf_source", lambda entry: src)
     res = runner.invoke(cli_app, ["generate", "x y", "-c", str(tiny_checkpoint_dir), "--base-model", "smollm2-135m-instruct",
                                   "-o", str(tmp_path / "o")])
     assert res.exit_code == 1 and f"error: cannot read GGUF {src}" in res.stderr and "Traceback" not in res.output
@@ -207,9 +208,9 @@ def _fake_converter(tiny_base_dir: Path, calls: list, delay: float = 0.0):
 
 def test_converts_once_then_cached(fresh_home, tmp_path, tiny_base_dir, monkeypatch):
     src = _fake_package(tmp_path, b"stand-in")
-    monkeypatch.setattr(bm, "gguf_source", lambda entry: src)
+    monkeypatch.setattr(model_files, "gguf_source", lambda entry: src)
     calls: list = []
-    monkeypatch.setattr(bm, "_convert_gguf", _fake_converter(tiny_base_dir, calls))
+    monkeypatch.setattr(model_files, "_convert_gguf", _fake_converter(tiny_base_dir, calls))
     first = bm.resolve_model("smollm2-135m-instruct")
     assert first == bm.converted_dir(SMOL) and (first / "config.json").is_file() and len(calls) == 1
     marker = json.loads((first / ".complete").read_text())
@@ -222,9 +223,9 @@ def test_converts_once_then_cached(fresh_home, tmp_path, tiny_base_dir, monkeypa
 def test_concurrent_conversion_threads(fresh_home, tmp_path, tiny_base_dir, monkeypatch):
     """Two callers at once: the lock lets one convert; the other waits and reuses the result."""
     src = _fake_package(tmp_path, b"stand-in")
-    monkeypatch.setattr(bm, "gguf_source", lambda entry: src)
+    monkeypatch.setattr(model_files, "gguf_source", lambda entry: src)
     calls: list = []
-    monkeypatch.setattr(bm, "_convert_gguf", _fake_converter(tiny_base_dir, calls, delay=0.5))
+    monkeypatch.setattr(model_files, "_convert_gguf", _fake_converter(tiny_base_dir, calls, delay=0.5))
     results: list = []
     threads = [threading.Thread(target=lambda: results.append(bm.ensure_converted(SMOL))) for _ in range(3)]
     for t in threads:
@@ -237,9 +238,9 @@ def test_concurrent_conversion_threads(fresh_home, tmp_path, tiny_base_dir, monk
 
 def test_damaged_cache_is_converted_again(fresh_home, tmp_path, tiny_base_dir, monkeypatch, capsys):
     src = _fake_package(tmp_path, b"stand-in")
-    monkeypatch.setattr(bm, "gguf_source", lambda entry: src)
+    monkeypatch.setattr(model_files, "gguf_source", lambda entry: src)
     calls: list = []
-    monkeypatch.setattr(bm, "_convert_gguf", _fake_converter(tiny_base_dir, calls))
+    monkeypatch.setattr(model_files, "_convert_gguf", _fake_converter(tiny_base_dir, calls))
     target = bm.ensure_converted(SMOL)
     with open(target / "model.safetensors", "r+b") as fh:  # truncated, e.g. a full disk in an old copy
         fh.truncate(100)
@@ -254,8 +255,8 @@ def test_damaged_cache_is_converted_again(fresh_home, tmp_path, tiny_base_dir, m
 
 def test_damaged_cache_same_size_clear_error(fresh_home, tmp_path, tiny_base_dir, monkeypatch):
     src = _fake_package(tmp_path, b"stand-in")
-    monkeypatch.setattr(bm, "gguf_source", lambda entry: src)
-    monkeypatch.setattr(bm, "_convert_gguf", _fake_converter(tiny_base_dir, []))
+    monkeypatch.setattr(model_files, "gguf_source", lambda entry: src)
+    monkeypatch.setattr(model_files, "_convert_gguf", _fake_converter(tiny_base_dir, []))
     target = bm.ensure_converted(SMOL)
     size = (target / "model.safetensors").stat().st_size
     (target / "model.safetensors").write_bytes(b"\xff" * size)  # same size, garbage bytes
@@ -365,7 +366,7 @@ def test_real_gguf_two_processes_convert_once_then_cache(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("must load from the cache")
 
-    monkeypatch.setattr(bm, "_convert_gguf", boom)
+    monkeypatch.setattr(model_files, "_convert_gguf", boom)
     model, tok = bm.load_base_model("smollm2-135m-instruct")
     import torch
 

@@ -18,12 +18,14 @@ from typing import Any
 import torch
 
 from t2lcli import __version__
+from t2lcli.dtypes import DTYPE_SPELLINGS
 from t2lcli.engine.atomic import check_output_free
 from t2lcli.engine.checkpoint import CONFIG_NAME, WEIGHTS_NAME, T2LCheckpoint, load_checkpoint, materialize, save_checkpoint
 from t2lcli.engine.hypernet import HyperNetConfig
 from t2lcli.errors import InputError
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+# the dtypes a converted checkpoint may be stored in (every spelling of t2lcli.dtypes; no float16: its range is too small)
+DTYPES = {k: getattr(torch, v) for k, v in DTYPE_SPELLINGS.items() if v != "float16"}
 
 
 def _offset_used(cfg: HyperNetConfig) -> bool:

@@ -8,14 +8,11 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from t2lcli.engine.serve.jobs import Job, QueueFull
-
-if TYPE_CHECKING:
-    from t2lcli.engine.serve.engine import ServeEngine
 
 
 def _joinable(cache: Any) -> bool:
@@ -65,7 +62,7 @@ class _Batch:
 class Scheduler:
     """A thread that forms batches from the queue and decodes them."""
 
-    def __init__(self, engine: ServeEngine) -> None:
+    def __init__(self, engine: Any) -> None:  # the hf `ServeEngine` (serve.engine imports this module)
         self.engine = engine
         self.q: queue.Queue[Job] = queue.Queue()
         self.waiting = 0
