@@ -16,13 +16,12 @@ from typing import Any
 import torch
 
 from t2lcli.engine.adapters import tensors_sha256
-from t2lcli.engine.base_model import ModelShape, ModuleShape
 from t2lcli.engine.checkpoint_model import T2LCheckpoint, materialize
 from t2lcli.engine.encoder import EncoderSpec, encoder_spec_for
 from t2lcli.engine.hypernet import HyperLoRA, HyperNetConfig
+from t2lcli.engine.model_shape import ATTN_MODULES, ModelShape, ModuleShape
 from t2lcli.errors import CheckpointError, format_problems, show_value
 
-_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MODULE_NAME = re.compile(r"^[A-Za-z0-9_]{1,100}$")
 UNSUPPORTED_ENCODERS = ("discrete", "vq", "softmax")
 SFR_PREFIX = "Instruct: Retrieve semantically similar text.\nQuery: "
@@ -184,6 +183,22 @@ def config_from_official(folder: Path) -> tuple[HyperNetConfig, dict[str, Any], 
     Raises:
         CheckpointError: a missing/corrupt file, an unsupported setting, or missing keys that sizes come from.
     """
+    args, adapter, tm, sd = _read_folder(folder)
+    where = folder / "hypermod.pt"
+    shared, autoreg = bool(args.get("shared_AB_head", False)), bool(args.get("autoreg_gen", False))
+    variant = "S" if autoreg else ("M" if shared else "L")
+    sizes, problems = _sizes(sd, tm, adapter, where)
+    problems += _cross_check(args, tm, sd, sizes, variant)
+    cfg = _build_config(folder, args, adapter, tm, sd, sizes, variant, problems)
+    return cfg, args, adapter, sd, problems
+
+
+_SIZE_KEYS = ["task_encoder.mlp.0.weight", "layer_depth_encoder.0.weight", "layer_type_encoder.0.weight", "mixer.1.weight", "mlp3.4.weight"]
+
+
+def _read_folder(folder: Path) -> tuple[dict[str, Any], dict[str, Any], list[str], dict[str, torch.Tensor]]:
+    """args.yaml, adapter_config.json, its target_modules (the module order) and the state dict, each checked enough
+    for the sizes to be read from it."""
     args = _read_args(folder / "args.yaml")
     adapter = _read_json(folder / "adapter_config.json")
     if not (folder / "hypermod.pt").is_file():
@@ -198,12 +213,9 @@ def config_from_official(folder: Path) -> tuple[HyperNetConfig, dict[str, Any], 
         )
     if str(adapter.get("peft_type", "LORA")).upper() != "LORA":
         raise CheckpointError(f"adapter_config.json peft_type is {show_value(adapter.get('peft_type'))}, expected LORA")
-    sd = read_state_dict(folder / "hypermod.pt")
     where = folder / "hypermod.pt"
-
-    problems: list[str] = []
-    needed = ["task_encoder.mlp.0.weight", "layer_depth_encoder.0.weight", "layer_type_encoder.0.weight", "mixer.1.weight", "mlp3.4.weight"]
-    needed += [f"AB_offset.{ab}.{m}" for m in tm for ab in "AB"]
+    sd = read_state_dict(where)
+    needed = _SIZE_KEYS + [f"AB_offset.{ab}.{m}" for m in tm for ab in "AB"]
     missing = [k for k in needed if k not in sd]
     if missing:
         stray = [k for k in sd if k.startswith("module.")]
@@ -211,9 +223,12 @@ def config_from_official(folder: Path) -> tuple[HyperNetConfig, dict[str, Any], 
             format_problems(f"{where} is not a T2L hypernetwork state dict", [f"missing key {k}" for k in missing]),
             hint="keys carry a 'module.' prefix on only some entries" if stray else "check that this is a hypermod.pt from SakanaAI/text-to-lora",
         )
-    shared, autoreg = bool(args.get("shared_AB_head", False)), bool(args.get("autoreg_gen", False))
-    variant = "S" if autoreg else ("M" if shared else "L")
+    return args, adapter, list(tm), sd
 
+
+def _sizes(sd: dict[str, torch.Tensor], tm: list[str], adapter: dict[str, Any], where: Path) -> tuple[dict[str, Any], list[str]]:
+    """Every size the config needs, from the state dict's shapes: (sizes, problems that do not stop the reading)."""
+    problems: list[str] = []
     dims: dict[str, list[int]] = {}
     ranks: set[int] = set()
     for m in tm:
@@ -225,32 +240,38 @@ def config_from_official(folder: Path) -> tuple[HyperNetConfig, dict[str, Any], 
         ranks.update({int(a.shape[1]), int(b.shape[2])})
     if problems:
         raise CheckpointError(format_problems(f"{where} is inconsistent", problems))
-    flat = [f"{k} {tuple(sd[k].shape)}" for k in needed[:5] if sd[k].dim() != 2]
+    flat = [f"{k} {tuple(sd[k].shape)}" for k in _SIZE_KEYS if sd[k].dim() != 2]
     if flat:
         raise CheckpointError(format_problems(f"{where} is inconsistent", [f"{x} must be 2-D" for x in flat]))
-    r_cfg = adapter.get("r", 8)
     if len(ranks) != 1:
         raise CheckpointError(f"{where}: AB_offset tensors disagree on the rank ({sorted(ranks)})")
     r = ranks.pop()
+    r_cfg = adapter.get("r", 8)
     if not isinstance(r_cfg, int) or r_cfg != r:
         problems.append(f"adapter_config.json r={show_value(r_cfg)} but the weights have rank {r}")
-    emb_dim = int(sd["task_encoder.mlp.0.weight"].shape[1])
     latent = int(sd["mixer.1.weight"].shape[1])
-    head_in = int(sd["mlp3.4.weight"].shape[0])
-    n_layers = int(sd["layer_depth_encoder.0.weight"].shape[0])
     if latent % 4:
         raise CheckpointError(f"{where}: mixer width {latent} is not divisible by 4 (not a T2L hypernetwork)")
-    for name, derived in (("hypernet_latent_size", latent), ("head_in_size", head_in)):
-        if args.get(name) is not None and args[name] != derived:
-            problems.append(f"args.yaml {name}={show_value(args[name])} but the weights say {derived}")
+    sizes = {"dims": dims, "r": r, "emb_dim": int(sd["task_encoder.mlp.0.weight"].shape[1]), "latent": latent,
+             "head_in": int(sd["mlp3.4.weight"].shape[0]), "n_layers": int(sd["layer_depth_encoder.0.weight"].shape[0])}
+    return sizes, problems
+
+
+def _cross_check(args: dict[str, Any], tm: list[str], sd: dict[str, torch.Tensor], sizes: dict[str, Any], variant: str) -> list[str]:
+    """Where args.yaml, adapter_config.json and the weights disagree (each one line)."""
+    problems: list[str] = []
+    for name, key in (("hypernet_latent_size", "latent"), ("head_in_size", "head_in")):
+        if args.get(name) is not None and args[name] != sizes[key]:
+            problems.append(f"args.yaml {name}={show_value(args[name])} but the weights say {sizes[key]}")
     n_mod = int(sd["layer_type_encoder.0.weight"].shape[0])
     if n_mod != len(tm):
         problems.append(f"{n_mod} module types in layer_type_encoder but {len(tm)} target_modules in adapter_config.json")
     args_tm = args.get("target_modules")
     if isinstance(args_tm, list) and sorted(map(str, args_tm)) != sorted(tm):
         problems.append(f"args.yaml target_modules {show_value(args_tm)} differ from adapter_config.json {show_value(tm)}")
+    n_layers, r, head_in = sizes["n_layers"], sizes["r"], sizes["head_in"]
     for m in tm:
-        d_in, d_out = dims[m]
+        d_in, d_out = sizes["dims"][m]
         if any(int(t.shape[0]) != n_layers for t in (sd[f"AB_offset.A.{m}"], sd[f"AB_offset.B.{m}"])):
             problems.append(f"AB_offset.*.{m} covers {int(sd[f'AB_offset.A.{m}'].shape[0])} layers, layer_depth_encoder {n_layers}")
         w = sd.get(f"heads.{m}.weight")
@@ -263,6 +284,12 @@ def config_from_official(folder: Path) -> tuple[HyperNetConfig, dict[str, Any], 
                 f"heads.{m}.weight is {list(w.shape)}; variant {variant} ({_variant_flags(variant)}) needs "
                 f"[{want}, {head_in}]" + (f" - the shape fits variant {fits[0]} ({_variant_flags(fits[0])})" if fits else "")
             )
+    return problems
+
+
+def _build_config(folder: Path, args: dict[str, Any], adapter: dict[str, Any], tm: list[str], sd: dict[str, torch.Tensor],
+                  sizes: dict[str, Any], variant: str, problems: list[str]) -> HyperNetConfig:
+    """The `HyperNetConfig` of an official checkpoint (appends to `problems` what the strict check reports)."""
     task = str(args.get("training_task", "sft") or "sft")
     pred_z = bool(args.get("pred_z_score", False))
     factorized = bool(args.get("factorized", False)) if task == "recon" else True
@@ -275,15 +302,15 @@ def config_from_official(folder: Path) -> tuple[HyperNetConfig, dict[str, Any], 
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{folder}: a number in args.yaml/adapter_config.json is invalid: {exc}") from None
     try:
-        cfg = HyperNetConfig(
+        return HyperNetConfig(
             variant=variant,
-            emb_dim=emb_dim,
-            latent=latent,
-            head_in=head_in,
-            n_layers=n_layers,
+            emb_dim=sizes["emb_dim"],
+            latent=sizes["latent"],
+            head_in=sizes["head_in"],
+            n_layers=sizes["n_layers"],
             target_modules=list(tm),
-            module_dims=dims,
-            r=r,
+            module_dims=sizes["dims"],
+            r=sizes["r"],
             lora_alpha=alpha,
             use_rslora=bool(adapter.get("use_rslora", False)),
             head_bias=all(f"heads.{m}.bias" in sd for m in tm),
@@ -297,8 +324,6 @@ def config_from_official(folder: Path) -> tuple[HyperNetConfig, dict[str, Any], 
         )
     except ValueError as exc:
         raise CheckpointError(f"{folder}: inconsistent sizes or settings: {exc}") from None
-    return cfg, args, adapter, sd, problems
-
 
 
 def load_official(folder: Path) -> T2LCheckpoint:
@@ -316,7 +341,7 @@ def load_official(folder: Path) -> T2LCheckpoint:
             f"{list(cfg.target_modules)} (layer-type indices) may not match training"
         )
     base = str(args.get("model_dir") or adapter.get("base_model_name_or_path") or "")
-    block = {m: ("self_attn" if m in _ATTN else "mlp") for m in cfg.target_modules}
+    block = {m: ("self_attn" if m in ATTN_MODULES else "mlp") for m in cfg.target_modules}
     d0 = cfg.module_dims[cfg.target_modules[0]][0]
     shape = ModelShape(
         "unknown", cfg.n_layers, d0,
