@@ -1,7 +1,7 @@
 """`t2l inspect`: what is this profile / adapter / checkpoint; will it run on a runtime; how do adapters compare?"""
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -51,26 +51,18 @@ def inspect_cmd(
     _check_targets(target, adapters_only=similarity or plot is not None)
     from t2lcli.commands.render import inspect as render
 
-    from t2lcli.engine import inspect as engine
+    from t2lcli.engine.inspect.run import InspectRequest, run_inspect
 
-    if compat is not None:
-        verdict = engine.compat_check(Path(target[0]), compat.lower())
-        _emit(verdict, json_out, render.print_compat)
-        if not verdict["compatible"]:
-            raise typer.Exit(1)
-        return
-    if similarity:
-        _emit(engine.similarity(target, space, trust_remote_code), json_out, render.print_similarity)
-        return
-    if plot is not None:
-        _emit(engine.plot_projection(target, plot, space, clusters, trust_remote_code), json_out, render.print_plot)
-        return
-    report = engine.inspect_paths(target)
-    for r in report if isinstance(report, list) else [report]:
-        if not json_out:
-            render.print_report(r)
+    mode, report = run_inspect(InspectRequest(target, compat, similarity, plot, space, clusters, trust_remote_code))
     if json_out:
         console.emit_json(report)
+    elif mode == "report":
+        for r in report if isinstance(report, list) else [report]:
+            render.print_report(r)
+    else:
+        {"compat": render.print_compat, "similarity": render.print_similarity, "plot": render.print_plot}[mode](report)
+    if mode == "compat" and not report["compatible"]:
+        raise typer.Exit(1)
 
 
 # the engine's --space names (a test keeps them equal): checked here before the engine, which imports torch
@@ -104,12 +96,6 @@ def _profile(target: list[str], set_: list[str] | None, json_out: bool) -> None:
 
         console.emit(yaml.safe_dump(data, sort_keys=False).rstrip())
 
-
-def _emit(report: dict, json_out: bool, printer: Any) -> None:
-    if json_out:
-        console.emit_json(report)
-    else:
-        printer(report)
 
 
 inspect_cmd.__t2l_examples__ = EXAMPLES  # type: ignore[attr-defined]

@@ -296,3 +296,12 @@ def test_plot_without_matplotlib(adapters: dict[str, Path], tmp_path: Path, runn
     assert res.exit_code == 1
     assert "--plot needs matplotlib" in res.stderr and "pip install 't2lcli[plot]'" in res.stderr
     assert not (tmp_path / "p.png").exists()
+
+
+def test_cli_space_names_are_the_engines() -> None:
+    """The CLI checks --space before torch is imported, with its own copy of the names: it must stay the engine's."""
+    from t2lcli.commands import inspect as cmd
+
+    from t2lcli.engine.inspect.similarity import SPACES
+
+    assert cmd.SPACES == SPACES

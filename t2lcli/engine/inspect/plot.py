@@ -12,7 +12,7 @@ import torch
 
 from t2lcli import console
 from t2lcli.engine.inspect.reports import Blocks
-from t2lcli.engine.inspect.similarity import _embeddings, _load_blocks, _names, _task_labels, expand_adapters
+from t2lcli.engine.inspect.similarity import _embeddings, _load_blocks, _names, _task_labels, check_space, expand_adapters
 from t2lcli.errors import InputError, ShapeMismatchError
 
 MAX_PLOT = 1000  # points drawn; more are sampled (and the user is told)
@@ -86,8 +86,7 @@ def plot_projection(paths: list[str], out: Path, space: str = "delta_w", cluster
     except ImportError:
         raise InputError("--plot needs matplotlib, which is not installed",
                          hint="pip install 't2lcli[plot]'  (or: pip install matplotlib)") from None
-    if space not in ("delta_w", "embedding"):
-        raise InputError(f"unknown --space '{space}'", hint="use delta_w (default) or embedding")
+    check_space(space)
     if out.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise InputError(f"--plot {out}: use a .png, .svg or .pdf file name")
     folders = expand_adapters(paths)

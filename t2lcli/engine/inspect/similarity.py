@@ -58,6 +58,14 @@ def _label_of(path: Path, meta: dict[str, Any]) -> str | None:
     return None
 
 
+SPACES = ("delta_w", "embedding")  # commands/inspect.py checks the same names before torch is imported (a test)
+
+
+def check_space(space: str) -> None:
+    if space not in SPACES:
+        raise InputError(f"unknown --space '{space}'", hint="use delta_w (default) or embedding")
+
+
 def similarity(paths: list[str], space: str = "delta_w", trust_remote_code: bool = False) -> dict[str, Any]:
     """Cosine-similarity matrix of the adapters' flattened ΔW (exact, low-rank) or of their description embeddings.
 
@@ -75,7 +83,7 @@ def similarity(paths: list[str], space: str = "delta_w", trust_remote_code: bool
     elif space == "delta_w":
         gram, metas = _delta_gram(folders)
     else:
-        raise InputError(f"unknown --space '{space}'", hint="use delta_w (default) or embedding")
+        check_space(space)
     m = _cosine(gram)
     result: dict[str, Any] = {"kind": "similarity", "space": space, "names": _names(folders), "paths": [str(p) for p in folders],
               "matrix": [[round(float(x), 4) for x in row] for row in m]}
