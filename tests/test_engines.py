@@ -86,6 +86,17 @@ def _post(url: str, body: dict, timeout: float = 300) -> tuple[int, dict]:
         return e.code, json.loads(e.read() or b"{}")
 
 
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, SIGKILL it if it does not exit within a minute."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
 @contextlib.contextmanager
 def vllm_server(base: str, cache: Path, log: Path):
     """`vllm serve BASE --enable-lora` with t2l's resolver on 127.0.0.1; yields the base URL; always stopped."""
@@ -110,13 +121,7 @@ def vllm_server(base: str, cache: Path, log: Path):
             time.sleep(2)
         yield url, proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+        _stop_group(proc)
 
 
 def _count_equal(a: list, b: list) -> int:
@@ -376,13 +381,7 @@ def t2l_serve_vllm(cache: Path, log: Path, *extra: str):
             time.sleep(1)
         yield url, proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+        _stop_group(proc)
 
 
 def _get(url: str, timeout: float = 60) -> tuple[int, bytes]:

@@ -77,25 +77,15 @@ GOLDEN = SHARED / "golden" / "sakana-t2l"
 @pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"golden fixtures not found at {GOLDEN}")
 @pytest.mark.parametrize("case", ["llama_L", "llama_L_reversed", "gemma2_L", "mistral_M", "llama_S"])
 def test_official_golden(case):
-    from safetensors.torch import load_file
+    from golden_helpers import golden_check
 
     from t2lcli.engine.checkpoint import load_checkpoint
-    from t2lcli.engine.hypernet import lora_state_dict
 
     folder = GOLDEN / case
     ckpt = load_checkpoint(str(folder))
     meta = json.loads((folder / "golden.json").read_text())
     assert ckpt.config.target_modules == list(meta["module_order"])
-    g = load_file(str(folder / "golden.safetensors"))
-    with torch.no_grad():
-        z = ckpt.hypernet.encode(g["embedding"])
-        assert_close(z, g["z"], depth=10, msg="z")  # golden: made by the official code on another CPU
-        fac = {m: ckpt.hypernet.generate_module(z, m) for m in ckpt.config.target_modules}
-    tensors = lora_state_dict({m: s.path for m, s in ckpt.shape.modules.items()}, fac)
-    golden = {k: v for k, v in g.items() if ".lora_" in k}
-    assert set(tensors) == set(golden)
-    for k, v in golden.items():
-        assert_close(tensors[k], v, depth=20, msg=k)
+    golden_check(ckpt, folder)
 
 
 @pytest.mark.parametrize("variant", ["L", "M", "S"])

@@ -17,10 +17,11 @@ import pytest
 import torch
 import yaml
 from conftest import SHARED
+from golden_helpers import golden_check
 from numeric import assert_close
 from safetensors.torch import load_file, save_file
 
-from t2lcli.engine.hypernet import HyperLoRA, HyperNetConfig, lora_state_dict
+from t2lcli.engine.hypernet import HyperLoRA, HyperNetConfig
 
 GOLDEN = SHARED / "golden" / "sakana-t2l"
 CASES = ["llama_L", "llama_L_reversed", "gemma2_L", "mistral_M", "llama_S"]
@@ -117,19 +118,6 @@ def one_line_error(res, *needles: str) -> str:
     for n in needles:
         assert n in lines[0], (n, lines[0])
     return lines[0]
-
-
-def golden_check(ckpt, folder: Path) -> None:
-    g = load_file(str(folder / "golden.safetensors"))
-    with torch.no_grad():
-        z = ckpt.hypernet.encode(g["embedding"])
-        assert_close(z, g["z"], depth=10, msg="z")  # golden: made by the official code on another CPU
-        fac = {m: ckpt.hypernet.generate_module(z, m) for m in ckpt.config.target_modules}
-    tensors = lora_state_dict({m: s.path for m, s in ckpt.shape.modules.items()}, fac)
-    golden = {k: v for k, v in g.items() if ".lora_" in k}
-    assert set(tensors) == set(golden)
-    for k, v in golden.items():
-        assert_close(tensors[k], v, depth=20, msg=k)
 
 
 # ------------------------------------------------------------------------------------------- untrusted hypermod.pt
