@@ -97,8 +97,6 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_checkpoint(base_dir: Path, encoder_dir: Path, variant: str = "L", seed: int = 0, randomize_heads: bool = True):
     """A native T2L checkpoint object for the tiny base; heads randomised so adapters are not no-ops."""
-    import torch
-
     from t2lcli.engine.base_model import read_config, shape_from_config
     from t2lcli.engine.checkpoint import build_checkpoint
     from t2lcli.engine.encoder import encoder_spec_for
@@ -106,10 +104,18 @@ def make_checkpoint(base_dir: Path, encoder_dir: Path, variant: str = "L", seed:
     shape = shape_from_config(read_config(base_dir), ["q_proj", "v_proj"])
     ckpt = build_checkpoint(shape, encoder_spec_for(str(encoder_dir)), str(base_dir), variant=variant, latent=16, head_in=32, seed=seed)
     if randomize_heads:
-        g = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():
-            for head in ckpt.hypernet.heads.values():
-                head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.05)
+        random_heads(ckpt, seed + 1, 0.05)
+    return ckpt
+
+
+def random_heads(ckpt, seed: int, std: float):
+    """Overwrite the hypernetwork's output heads with seeded N(0, std²) weights (so its adapters are not no-ops)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for head in ckpt.hypernet.heads.values():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=g) * std)
     return ckpt
 
 

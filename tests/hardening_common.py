@@ -13,7 +13,9 @@ import os
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, Phase, settings
 
 from t2lcli.errors import T2LError
@@ -91,3 +93,17 @@ def report(base: Path, section: str, data: dict) -> Path:
         path.write_text(json.dumps(current, indent=1, sort_keys=True) + "\n")
     sys.stdout.write(f"\n[hardening] {section}: {json.dumps(data, sort_keys=True)}\n[hardening] report: {path}\n")
     return path
+
+
+def report_at_end(title: Any, figures: Any) -> Any:
+    """A module-scoped autouse fixture that writes `figures()` (when not empty) to the report after the module's tests;
+    `title` is a string or a function giving one (read then, so it can say what ran)."""
+
+    @pytest.fixture(scope="module", autouse=True)
+    def _report(tmp_path_factory: pytest.TempPathFactory) -> Any:
+        yield
+        data = figures()
+        if data:
+            report(tmp_path_factory.getbasetemp(), title() if callable(title) else title, data)
+
+    return _report

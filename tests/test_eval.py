@@ -612,11 +612,9 @@ def _smollm2_checkpoint(out: Path) -> Path:
 
     shape = shape_from_config(read_config(resolve_model("smollm2-135m-instruct")), ["q_proj", "v_proj"])
     ck = build_checkpoint(shape, encoder_spec_for("all-minilm-l6-v2"), "smollm2-135m-instruct", seed=0)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for head in ck.hypernet.heads.values():
-            head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.01)
-    return save_checkpoint(ck, out)
+    from conftest import random_heads
+
+    return save_checkpoint(random_heads(ck, 1, 0.01), out)
 
 
 @pytest.mark.slow

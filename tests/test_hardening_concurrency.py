@@ -13,18 +13,14 @@ import time
 from collections import Counter
 
 import pytest
-from hardening_common import report
+from hardening_common import report_at_end
 from test_hardening_kill import TMP_MARK, _env, _temps, classify, snapshot
 from test_hardening_kill import child as child  # noqa: F401 - fixture
 
 STATS: dict[str, Counter] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _report(tmp_path_factory):
-    yield
-    if STATS:
-        report(tmp_path_factory.getbasetemp(), "concurrency", {k: dict(v) for k, v in STATS.items()})
+_report = report_at_end("concurrency", lambda: {k: dict(v) for k, v in STATS.items()})
 
 
 def _race(child, argvs: list[list[str]], envs: list[dict]) -> list[subprocess.CompletedProcess]:

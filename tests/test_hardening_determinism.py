@@ -17,17 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hardening_common import report
+from hardening_common import report_at_end
 from numeric import assert_close, max_rel_diff
 
 RESULTS: dict[str, dict] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _report(tmp_path_factory):
-    yield
-    if RESULTS:
-        report(tmp_path_factory.getbasetemp(), "determinism", RESULTS)
+_report = report_at_end("determinism", lambda: RESULTS)
 
 
 CONFIGS = {  # name: (PYTHONHASHSEED, OMP_NUM_THREADS or None, extra args)
@@ -102,11 +98,9 @@ def _smollm2_sized_checkpoint(out: Path) -> Path:
               "intermediate_size": 1536}
     shape = shape_from_config(config, ["q_proj", "v_proj"])
     ckpt = build_checkpoint(shape, encoder_spec_for("all-minilm-l6-v2"), "smollm2-135m-instruct", variant="L", latent=128, head_in=512)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for head in ckpt.hypernet.heads.values():
-            head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.05)
-    return save_checkpoint(ckpt, out)
+    from conftest import random_heads
+
+    return save_checkpoint(random_heads(ckpt, 1, 0.05), out)
 
 
 @pytest.mark.slow

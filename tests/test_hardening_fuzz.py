@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hardening_common import FUZZ, FUZZ_CHEAP, Tally, cli_clean, expect_clean, only_inside, report, tree
+from hardening_common import FUZZ, FUZZ_CHEAP, Tally, cli_clean, expect_clean, only_inside, report_at_end, tree
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
@@ -36,11 +36,7 @@ SAFE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?$")
 RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _report(tmp_path_factory):
-    yield
-    if TALLY.cases:
-        report(tmp_path_factory.getbasetemp(), "fuzz_cases_per_target", TALLY.as_dict())
+_report = report_at_end("fuzz_cases_per_target", lambda: TALLY.as_dict() if TALLY.cases else None)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hardening_common import report
+from hardening_common import report_at_end
 from numeric import assert_close
 from test_merge import make_adapter
 from test_train import tiny_data, train_base_dir, write_recipe  # noqa: F401 - fixtures
@@ -85,12 +85,10 @@ main()
 '''
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _report(tmp_path_factory):
-    yield
-    if KILLS:
-        data = {t: dict(sorted(c.items())) for t, c in sorted(KILLS.items())}
-        report(tmp_path_factory.getbasetemp(), f"kills ({'slow' if any('slow' in t for t in KILLS) else 'default'} run, seed {SEED})", data)
+_report = report_at_end(
+    lambda: f"kills ({'slow' if any('slow' in t for t in KILLS) else 'default'} run, seed {SEED})",
+    lambda: {t: dict(sorted(c.items())) for t, c in sorted(KILLS.items())},
+)
 
 
 @pytest.fixture(scope="module")

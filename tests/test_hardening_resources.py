@@ -17,7 +17,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from hardening_common import report
+from hardening_common import report_at_end
 
 from t2lcli.descriptions import MAX_DESCRIPTION_CHARS, MAX_LINE_BYTES, BadLine, Item, iter_items
 from t2lcli.engine.atomic import TMP_MARK
@@ -25,11 +25,7 @@ from t2lcli.engine.atomic import TMP_MARK
 FIGURES: dict[str, dict] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _report(tmp_path_factory):
-    yield
-    if FIGURES:
-        report(tmp_path_factory.getbasetemp(), "resources", FIGURES)
+_report = report_at_end("resources", lambda: FIGURES)
 
 
 def _no_temps(folder: Path) -> bool:
