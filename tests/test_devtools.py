@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -112,6 +113,39 @@ def test_other_shells_parse_their_scripts(shell: str) -> None:
     if shell == "fish":
         out = subprocess.run([exe, "-c", f"source {script}; complete -C 't2l bench --shapes '"], capture_output=True, text=True)
         assert "llama-3.1-8b" in out.stdout
+        # an option several commands share is written once, for all of them
+        for words, want in (("t2l merge --pro", "--profile"), ("t2l eval --js", "--json"), ("t2l serve --qu", "--queue-size")):
+            out = subprocess.run([exe, "-c", f"source {script}; complete -C '{words}'"], capture_output=True, text=True)
+            assert want in out.stdout.split(), (words, out.stdout)
+        out = subprocess.run([exe, "-c", f"source {script}; complete -C 't2l convert --que'"], capture_output=True, text=True)
+        assert "--queue-size" not in out.stdout
+
+
+ZSH_PROBE = """
+_describe() { : }
+compdef() { : }
+_arguments() {
+  if [[ $1 == -C ]]; then state=args; line=($T2L_CMD); return 0; fi
+  print -rl -- "$@"
+}
+source %s
+_t2l
+"""
+
+
+def test_zsh_script_offers_each_command_exactly_its_options(tmp_path: Path) -> None:
+    """Run the zsh script with a stand-in `_arguments` that prints its specs: each command's specs (the shared ones
+    expanded from their arrays) name exactly that command's options."""
+    exe = shutil.which("zsh")
+    if exe is None:
+        pytest.skip("zsh is not installed here (apt-get install zsh); the drift test above still covers the script")
+    probe = tmp_path / "probe.zsh"
+    probe.write_text(ZSH_PROBE % shlex.quote(str(devtools.COMPLETIONS_DIR / "t2l.zsh")))
+    _, cmds = devtools.command_tree()
+    for c in cmds:
+        out = subprocess.run([exe, str(probe)], capture_output=True, text=True, env={**os.environ, "T2L_CMD": c.name}, check=True)
+        offered = {m.group(1) for line in out.stdout.splitlines() if (m := re.match(r"(?:\([^)]*\))?\*?(-[-\w]+)\[", line))}
+        assert offered == {n for o in c.options for n in o.names}, c.name
 
 
 def test_devtools_check_reports_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, help_texts: dict[str, str]) -> None:

@@ -86,7 +86,6 @@ def _post(url: str, body: dict, timeout: float = 300) -> tuple[int, dict]:
         return e.code, json.loads(e.read() or b"{}")
 
 
-
 def _stop_group(proc: subprocess.Popen) -> None:
     """SIGTERM the server's process group, SIGKILL it if it does not exit within a minute."""
     if proc.poll() is None:
@@ -97,6 +96,34 @@ def _stop_group(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
 
+
+@contextlib.contextmanager
+def _server(what: str, cmd: list[str], env: dict[str, str], log: Path, port: int, ready):
+    """Start CMD (its own process group, output to LOG), poll `ready(url, log_text)` until true; yields (url, proc);
+    fails with the log's tail if it exits or is not ready in SERVER_START_S; always stopped."""
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while not ready(url, log.read_text(errors="replace")):
+            if proc.poll() is not None:
+                pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} was not ready in {SERVER_START_S} s:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(1)
+        yield url, proc
+    finally:
+        _stop_group(proc)
+
+
+def _healthy(url: str, _log: str) -> bool:
+    with contextlib.suppress(OSError):
+        with urllib.request.urlopen(url + "/health", timeout=5) as r:
+            return r.status == 200
+    return False
+
+
 @contextlib.contextmanager
 def vllm_server(base: str, cache: Path, log: Path):
     """`vllm serve BASE --enable-lora` with t2l's resolver on 127.0.0.1; yields the base URL; always stopped."""
@@ -104,24 +131,8 @@ def vllm_server(base: str, cache: Path, log: Path):
     cmd = [str(Path(sys.executable).with_name("vllm")), "serve", base, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
            "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2", "--max-model-len", "1024", "--enforce-eager", "--seed", "0"]
     env = _env(VLLM_PLUGINS="t2l", VLLM_ALLOW_RUNTIME_LORA_UPDATING="1", T2L_VLLM_CACHE=str(cache))
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm serve exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(url + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm serve did not become healthy in {SERVER_START_S} s:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(2)
+    with _server("vllm serve", cmd, env, log, port, _healthy) as (url, proc):
         yield url, proc
-    finally:
-        _stop_group(proc)
 
 
 def _count_equal(a: list, b: list) -> int:
@@ -368,20 +379,9 @@ def t2l_serve_vllm(cache: Path, log: Path, *extra: str):
     port = _free_port()
     cmd = [str(Path(sys.executable).with_name("t2l")), "serve", "--backend", "vllm", "--host", "127.0.0.1", "--port", str(port),
            "--max-batch", "4", "--max-model-len", "1024", *extra]
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(T2L_VLLM_CACHE=str(cache)), start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while "t2l serve: listening on" not in log.read_text(errors="replace"):
-            if proc.poll() is not None:
-                pytest.fail(f"t2l serve --backend vllm exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"t2l serve --backend vllm did not listen in {SERVER_START_S} s:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(1)
+    with _server("t2l serve --backend vllm", cmd, _env(T2L_VLLM_CACHE=str(cache)), log, port,
+                 lambda _url, text: "t2l serve: listening on" in text) as (url, proc):
         yield url, proc
-    finally:
-        _stop_group(proc)
 
 
 def _get(url: str, timeout: float = 60) -> tuple[int, bytes]:

@@ -3,9 +3,7 @@
 // at an end-of-generation token), without an adapter and then with each given LoRA adapter at scale 1.0.
 // usage: llama_greedy BASE.gguf PROMPTS_FILE N_NEW [adapter.gguf ...]
 // output: one line per (adapter index, prompt index): "A P id id id ..." (A = 0 for the base)
-#include "llama.h"
-#include <stdio.h>
-#include <stdlib.h>
+#include "llama_probe.h"
 #include <string.h>
 
 static int greedy(struct llama_context *ctx, const struct llama_vocab *vocab, llama_token *ids, int n, int n_new, int n_vocab,
@@ -31,17 +29,9 @@ static int greedy(struct llama_context *ctx, const struct llama_vocab *vocab, ll
 
 int main(int argc, char **argv) {
     if (argc < 4) { fprintf(stderr, "usage: llama_greedy BASE.gguf PROMPTS_FILE N_NEW [adapter.gguf ...]\n"); return 2; }
-    llama_backend_init();
-    struct llama_model_params mp = llama_model_default_params();
-    /* llama.cpp 11434's AMX weight repacking (the "extra buffer types" on Xeons with AMX) segfaults on this Q4_1 GGUF
-       with or without an adapter; T2L_LLAMA_EXTRA_BUFTS=1 turns it back on */
-    const char *eb = getenv("T2L_LLAMA_EXTRA_BUFTS");
-    mp.use_extra_bufts = eb && eb[0] == '1';
-    struct llama_model *model = llama_model_load_from_file(argv[1], mp);
-    if (!model) { fprintf(stderr, "cannot load base\n"); return 1; }
-    struct llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = 2048; cp.n_batch = 2048; cp.n_threads = 2; cp.n_threads_batch = 2;
-    struct llama_context *ctx = llama_init_from_model(model, cp);
+    struct llama_model *model;
+    struct llama_context *ctx = probe_open(argv[1], 2048, &model);
+    if (!ctx) return 1;
     const struct llama_vocab *vocab = llama_model_get_vocab(model);
     int n_vocab = llama_vocab_n_tokens(vocab), n_new = atoi(argv[3]);
     if (n_new < 1 || n_new > 1024) return 2;

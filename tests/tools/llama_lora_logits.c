@@ -4,9 +4,7 @@
 // build against a llama.cpp checkout (e.g. the one vendored in the llama-cpp-python sdist), after building its `llama` target:
 //   gcc -O2 -o llama_lora_logits llama_lora_logits.c -I$LLAMA/include -I$LLAMA/ggml/include -L$BUILD/bin \
 //       -lllama -lggml -lggml-base -Wl,-rpath,$BUILD/bin
-#include "llama.h"
-#include <stdio.h>
-#include <stdlib.h>
+#include "llama_probe.h"
 
 static int eval(struct llama_context *ctx, llama_token *ids, int n, const char *out, int n_vocab) {
     llama_memory_clear(llama_get_memory(ctx), 1);
@@ -18,15 +16,9 @@ static int eval(struct llama_context *ctx, llama_token *ids, int n, const char *
 
 int main(int argc, char **argv) {
     if (argc < 4) return 2;
-    llama_backend_init();
-    struct llama_model_params mp = llama_model_default_params();
-    const char *eb = getenv("T2L_LLAMA_EXTRA_BUFTS");  /* AMX repacking segfaults in llama.cpp 11434: see llama_greedy.c */
-    mp.use_extra_bufts = eb && eb[0] == '1';
-    struct llama_model *model = llama_model_load_from_file(argv[1], mp);
-    if (!model) { fprintf(stderr, "cannot load base\n"); return 1; }
-    struct llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = 256; cp.n_batch = 256; cp.n_threads = 2; cp.n_threads_batch = 2;
-    struct llama_context *ctx = llama_init_from_model(model, cp);
+    struct llama_model *model;
+    struct llama_context *ctx = probe_open(argv[1], 256, &model);
+    if (!ctx) return 1;
     llama_token ids[256]; int n = 0;
     FILE *fi = fopen(argv[2], "r"); while (n < 256 && fscanf(fi, "%d", &ids[n]) == 1) n++; fclose(fi);
     int n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(model));
