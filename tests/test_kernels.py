@@ -97,7 +97,10 @@ def test_forced_kernel_reaches_every_linear(tiny_checkpoint_dir: Path) -> None:
         gen.factors(gen.embed(["Answer math questions step by step."]))
     stages = {c[0] for c in calls}
     assert stages == {"encoder", "trunk", "heads"}
-    assert {c[4] for c in calls} == {gen.kernel}
+    assert {c[4].removesuffix("-packed") for c in calls} == {gen.kernel}
+    if gen.kernel == "onednn":  # the encoder (inference only) runs it on packed weights, the hypernetwork on its own
+        assert {c[4] for c in calls if c[0] == "encoder"} == {"onednn-packed"}
+        assert {c[4] for c in calls if c[0] != "encoder"} == {"onednn"}
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in gen.ckpt.hypernet.modules())
     assert sum(c[0] in ("trunk", "heads") for c in calls) >= n_linear  # each trunk linear once per target module
 
@@ -107,9 +110,9 @@ def test_auto_measures_once_and_caches_per_fingerprint(monkeypatch: pytest.Monke
     measured: list[int] = []
     real = kernels.measure
 
-    def counting(rows: int, w: torch.Tensor, b: torch.Tensor | None, names: list[str] | None = None) -> dict[str, float]:
+    def counting(rows: int, w: torch.Tensor, b: torch.Tensor | None, names: list[str] | None = None, packed: bool = False) -> dict[str, float]:
         measured.append(rows)
-        return real(rows, w, b, names)
+        return real(rows, w, b, names, packed)
 
     monkeypatch.setattr(kernels, "measure", counting)
     w, b = torch.randn(512, 256) * 0.05, torch.randn(512)
@@ -198,4 +201,42 @@ def test_bf16_stage_is_recorded_and_gets_a_bf16_floor() -> None:
     assert "32:512:1024:bfloat16" in entry["choices"]
     out = _stage_floor(calls, ["torch", "onednn", "torch-bf16"], {})
     assert out["encoder"]["dtype"] == "bfloat16" and out["encoder"]["gemms"] == 1
-    assert set(out["encoder"]["floor_kernels"]) <= {"torch-bf16", "onednn-bf16"} and out["encoder"]["floor_ms"] > 0
+    assert set(out["encoder"]["floor_kernels"]) <= {"torch-bf16", "onednn-bf16", "onednn-packed-bf16"} and out["encoder"]["floor_ms"] > 0
+
+
+@pytest.mark.skipif("onednn" not in AVAILABLE, reason="no oneDNN in this torch build")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_weight_gives_onednn_bytes_and_keeps_one_copy(dtype: torch.dtype) -> None:
+    """A packable KLinear that runs oneDNN packs its weight in place: oneDNN's numbers on the plain weight within
+    rounding (on an AMX Xeon the same bytes for 2+ rows; not asserted, it depends on the CPU's kernels), `weight`
+    becomes a meta tensor (one copy), the plain weight comes back on demand, the same input gives the same bytes."""
+    torch.manual_seed(0)
+    lin = kernels.KLinear(384, 1536).to(dtype)
+    plain = lin.weight.detach().clone()
+    kernels.configure(lin, "onednn", "encoder", packable=True)
+    with torch.no_grad():
+        xs = [torch.randn(m, 384).to(dtype) for m in (1, 13, 40, 200)]
+        want = [kernels.gemm(x, plain, lin.bias, "onednn") for x in xs]
+        with kernels.record() as calls:
+            got = [lin(x) for x in xs]
+        assert lin.packed is not None and lin.weight.is_meta and lin.weight.shape == plain.shape and lin.weight.dtype == dtype
+        for x, g, w in zip(xs, got, want, strict=True):
+            if dtype == torch.float32:
+                assert_close(g, w, depth=1)
+                assert_close(g, F.linear(x, plain, lin.bias), depth=1)
+            else:  # bf16 outputs: compare in fp32 at bf16's rounding (2^-8 relative per rounding)
+                assert float((g.float() - w.float()).abs().max()) <= 2 ** -6 * float(w.float().abs().max())
+        assert torch.equal(lin.dense_weight(), plain)
+        assert {c[4] for c in calls} == {"onednn-packed" if dtype == torch.float32 else "onednn-packed-bf16"}
+        assert torch.equal(lin(xs[2]), got[2])  # the same kernel, the same bytes
+
+
+def test_unpackable_or_torch_policy_never_packs() -> None:
+    torch.manual_seed(0)
+    a, b = kernels.KLinear(256, 512), kernels.KLinear(256, 512)
+    kernels.configure(a, "onednn" if "onednn" in AVAILABLE else "torch", "trunk")  # the hypernetwork: not packable
+    kernels.configure(b, "torch", "encoder", packable=True)
+    with torch.no_grad():
+        x = torch.randn(16, 256)
+        a(x), b(x)
+    assert a.packed is None and b.packed is None and not a.weight.is_meta and not b.weight.is_meta

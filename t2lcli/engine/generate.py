@@ -104,7 +104,7 @@ class Generator:
             if getattr(self._encoder, "fast", False):  # our BERT: its linears are KLinear (transformers' are not)
                 from t2lcli.engine.kernels import configure
 
-                configure(self._encoder.model, self.kernel, "encoder")
+                configure(self._encoder.model, self.kernel, "encoder", packable=True)  # inference only: may pack in place
         return self._encoder
 
     def embed(self, descriptions: list[str], checked: bool = False) -> torch.Tensor:

@@ -14,6 +14,7 @@ from t2lcli.engine.shapes import SHAPES_DIR, base_config, load_shape, shape_name
 from t2lcli.errors import T2LError
 
 FLOOR_STAGES = ("encoder", "trunk", "heads")
+BF16_FLOOR = ("torch-bf16", "onednn-bf16", "onednn-packed-bf16")  # a stage that runs in bf16 is floored by these
 
 
 def _floor_kernels() -> list[str]:
@@ -47,17 +48,22 @@ def _time_shape(rows: int, module: Any, names: list[str]) -> dict[str, float]:
 
     from t2lcli.engine import kernels
 
-    w, b = module.weight.detach(), None if module.bias is None else module.bias.detach()
+    w = module.dense_weight() if hasattr(module, "dense_weight") else module.weight.detach()  # a packed encoder: a plain copy
+    b = None if module.bias is None else module.bias.detach()
     x = torch.randn(rows, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.dtype)
     out: dict[str, float] = {}
     with torch.no_grad():
         for name in names:
-            if w.dtype != torch.float32:  # a bf16 stage: torch's and oneDNN's bf16 GEMM on its own weight
-                if name in ("torch-bf16", "onednn-bf16"):
-                    try:
+            if w.dtype != torch.float32:  # a bf16 stage: torch's and oneDNN's bf16 GEMM on its own weight (plain and packed)
+                try:
+                    if name in ("torch-bf16", "onednn-bf16"):
                         out[name] = kernels.time_gemm(partial(kernels.gemm, x, w, b, name.split("-")[0]))
-                    except RuntimeError:  # a oneDNN build without bf16 on this CPU
-                        pass
+                    elif name == "onednn-packed-bf16":
+                        packed = torch_ops()._reorder_linear_weight(w, rows)
+                        out[name] = kernels.time_gemm(partial(_packed_linear, x, packed, b))
+                        del packed
+                except RuntimeError:  # a oneDNN build without bf16 on this CPU
+                    pass
             elif name in kernels.KERNELS:
                 out[name] = kernels.time_gemm(partial(kernels.gemm, x, w, b, name))
             elif name == "onednn-packed":
@@ -80,8 +86,8 @@ def _stage_floor(calls: list[Any], names: list[str], memo: dict[tuple[int, int, 
         dtype = str(module.weight.dtype).removeprefix("torch.")
         times = memo.get((m, k, n, dtype))
         if times is None:
-            times = memo[(m, k, n, dtype)] = _time_shape(m, module, names if dtype == "float32" else ["torch-bf16", "onednn-bf16"])
-        same = [name for name in times if (name in ("torch-bf16", "onednn-bf16")) == (dtype != "float32")]
+            times = memo[(m, k, n, dtype)] = _time_shape(m, module, names if dtype == "float32" else list(BF16_FLOOR))
+        same = [name for name in times if (name in BF16_FLOOR) == (dtype != "float32")]
         best = min(same, key=lambda name: times[name])
         row = out.setdefault(stage or "other", {"gemms": 0, "gflop": 0.0, "floor_ms": 0.0, "gemm_ms": 0.0, "kernels": {}, "floor_kernels": {},
                                                 "bf16_ms": 0.0 if "torch-bf16" in times and dtype == "float32" else None, "dtype": dtype})
