@@ -98,9 +98,8 @@ def test_forced_kernel_reaches_every_linear(tiny_checkpoint_dir: Path) -> None:
     stages = {c[0] for c in calls}
     assert stages == {"encoder", "trunk", "heads"}
     assert {c[4].removesuffix("-packed") for c in calls} == {gen.kernel}
-    if gen.kernel == "onednn":  # the encoder (inference only) runs it on packed weights, the hypernetwork on its own
-        assert {c[4] for c in calls if c[0] == "encoder"} == {"onednn-packed"}
-        assert {c[4] for c in calls if c[0] != "encoder"} == {"onednn"}
+    if gen.kernel == "onednn":  # a Generator runs it on packed weights (tiny: all under PACK_MIN_BYTES)
+        assert {c[4] for c in calls} == {"onednn-packed"}
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in gen.ckpt.hypernet.modules())
     assert sum(c[0] in ("trunk", "heads") for c in calls) >= n_linear  # each trunk linear once per target module
 
@@ -240,3 +239,57 @@ def test_unpackable_or_torch_policy_never_packs() -> None:
         x = torch.randn(16, 256)
         a(x), b(x)
     assert a.packed is None and b.packed is None and not a.weight.is_meta and not b.weight.is_meta
+
+
+@pytest.mark.skipif("onednn" not in AVAILABLE, reason="no oneDNN in this torch build")
+def test_packed_hypernet_keeps_its_state_dict_and_unpacks_for_autograd_and_to(tiny_checkpoint_dir: Path) -> None:
+    """A Generator packs the hypernetwork's oneDNN linears; its state_dict stays the checkpoint's values, `.to()`,
+    `load_state_dict` and a forward with autograd get the plain weight back."""
+    from t2lcli.engine.generate import Generator
+
+    gen = Generator.load(str(tiny_checkpoint_dir), kernel="onednn")
+    net = gen.ckpt.hypernet
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    n_params = net.n_params()
+    emb = gen.embed(["Answer math questions step by step."])
+    first = gen.factors(emb)
+    packed = [m for m in net.modules() if isinstance(m, kernels.KLinear) and m.packed is not None]
+    assert packed and all(m.weight.is_meta for m in packed)
+    assert net.n_params() == n_params
+    after = net.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    again = gen.factors(emb)
+    assert all(torch.equal(first[m][i], again[m][i]) for m in first for i in (0, 1))  # packed: the same bytes every run
+    net.load_state_dict(before)  # unpacks, then loads
+    assert all(m.packed is None and not m.weight.is_meta for m in packed)
+    gen.factors(emb)  # packs again
+    assert all(m.packed is not None for m in packed)
+    with torch.enable_grad():
+        out = net(emb)
+    assert all(m.packed is None for m in packed)  # autograd: F.linear on the plain weight
+    sum(a.sum() + b.sum() for a, b in out.values()).backward()
+    assert all(m.weight.grad is not None for m in packed if m.weight.requires_grad)
+    gen.factors(emb)
+    net.to(torch.float64)  # any _apply: unpacked first
+    assert all(m.packed is None and m.weight.dtype == torch.float64 for m in packed)
+
+
+def test_release_pages_only_for_an_unshared_tensor_in_a_file_mapping(tmp_path: Path) -> None:
+    """`release_pages` gives back the pages of a weight read by safetensors' load_file (one mapping of the file) that
+    nothing else uses; anonymous memory and a shared storage are left alone; neighbouring tensors keep their values."""
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(0)
+    want = {"a": torch.randn(3, 1000, generator=g), "weight": torch.randn(256, 1024, generator=g), "bias": torch.randn(256, generator=g)}
+    save_file(want, str(tmp_path / "w.safetensors"))
+    got = load_file(str(tmp_path / "w.safetensors"))
+    lin = torch.nn.Linear(1024, 256)
+    lin.load_state_dict({"weight": got.pop("weight"), "bias": got.pop("bias")}, assign=True)  # as the loaders assign weights
+    assert not kernels.release_pages(torch.randn(256, 1024))  # anonymous: freed by the allocator with the tensor
+    view = lin.weight.detach()
+    assert not kernels.release_pages(lin.weight)  # another tensor shares its storage
+    del view
+    assert kernels.release_pages(lin.weight) == sys.platform.startswith("linux")
+    assert torch.equal(got["a"], want["a"]) and torch.equal(lin.bias, want["bias"])  # the neighbours' pages are theirs

@@ -246,8 +246,8 @@ def _configure_hypernet(net: torch.nn.Module, kernel: str) -> None:
     from t2lcli.engine.kernels import configure
 
     try:
-        configure(net, kernel, "trunk")
-        configure(cast(torch.nn.Module, net.heads), kernel, "heads")
+        configure(net, kernel, "trunk", packable=True)  # a Generator only runs inference; packing is undone for anything else
+        configure(cast(torch.nn.Module, net.heads), kernel, "heads", packable=True)
     except ValueError as exc:
         raise InputError(str(exc), hint="set the profile's kernel to auto or torch (--set kernel=auto)") from None
 

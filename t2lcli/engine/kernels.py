@@ -5,7 +5,7 @@ heads' skinny [32 x 2048] x [2048 x 65536] product ran 3-6x slower than oneDNN o
 `KLinear` (an `nn.Linear` with the same parameters and state-dict keys) runs, in inference only, on one of:
 
   torch     `F.linear` (MKL or whatever torch was built with); always used for training (autograd) and off the CPU;
-  onednn    `torch.ops.mkldnn._linear_pointwise` on the plain fp32 weight: no packed copy is kept;
+  onednn    `torch.ops.mkldnn._linear_pointwise` on the fp32 weight (packed in place where allowed, below);
   openblas  numpy's `matmul` (OpenBLAS) on zero-copy views of the tensors.
 
 Policy `auto` (the default; profile key `kernel`) picks, per GEMM shape (rows rounded up to a power of two, K, N),
@@ -16,12 +16,14 @@ within fp32 rounding whichever kernel runs (tests/test_kernels.py); the same ker
 bf16 is never chosen here (it changes results beyond fp32 tolerance); a module already in bf16 (the encoder under
 `dtype: auto` on a native-bf16 CPU) picks between torch's and oneDNN's bf16 GEMM the same way.
 
-Packing: a module configured `packable` (the text encoder, an inference-only module nobody trains or saves) that runs
-oneDNN has its weight reordered once into oneDNN's blocked layout *in place* (`KLinear.pack`: the plain weight is
-dropped, one copy stays). oneDNN then skips reordering the weight on every call: on an Intel AMX Xeon 1.3-1.5x faster
-in fp32 and up to 2x in bf16 for a short description's rows, with the same bytes as oneDNN on the plain weight
-there for 2+ rows (within fp32 rounding on any CPU: tests/test_kernels.py). `auto` times a packable module's oneDNN candidate packed. The hypernetwork is never packed:
-its weights are the checkpoint's (state dict, training).
+Packing: a module configured `packable` (what a `Generator` runs: the text encoder and the hypernetwork) whose linear
+runs oneDNN has its weight reordered once into oneDNN's blocked layout *in place* (`KLinear.pack`: the plain weight is
+dropped, one copy stays, `release_pages`; a weight over 1/PACK_SHARE of its module's bytes stays plain, so the peak RSS
+does not grow by more than that one weight). oneDNN then skips reordering the weight on every call: on an Intel AMX
+Xeon 1.3-1.5x faster in fp32 and up to 2x in bf16 for a short description's rows, with the same bytes as oneDNN on
+the plain weight there for 2+ rows (within fp32 rounding on any CPU: tests/test_kernels.py).
+`auto` times a packable module's oneDNN candidate packed. Anything that needs the plain weight (state_dict, .to(),
+autograd) gets it back (`KLinear.unpack`), so checkpoints and training see the same parameters.
 """
 
 from __future__ import annotations
@@ -65,12 +67,49 @@ def available() -> list[str]:
     return out
 
 
+# Packing holds both layouts of one weight for a moment, which is what a process's peak RSS sees; so a module packs
+# only weights up to 1/PACK_SHARE of its own parameter bytes (at least PACK_MIN_BYTES): the peak grows by under ~1%.
+# What stays plain: the hypernetwork heads (19 MiB of a 34 MiB default net; the Llama-8B heads are compute-bound anyway)
+PACK_SHARE = 16
+PACK_MIN_BYTES = 4 << 20
 PACK_ROWS = 32  # the row count oneDNN's packed layout is chosen for (the layout barely depends on it; results do not)
 
 
 def pack_weight(w: torch.Tensor) -> torch.Tensor:
     """w [N, K] in oneDNN's blocked layout for `gemm(..., "onednn")` (a new tensor; `.to_dense()` gives w back)."""
     return torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS)
+
+
+def release_pages(t: torch.Tensor) -> bool:
+    """Hand the memory pages of a tensor about to be dropped back to the OS where dropping it would not: a tensor read
+    by safetensors' `load_file` lies in one private mapping of the whole file, which goes only with its last tensor,
+    so a packed weight would otherwise sit next to its plain pages (peak RSS +1 copy). Only when nothing else uses the
+    tensor's storage and the pages lie in a file mapping; pages shared with a neighbouring tensor are kept. Linux only;
+    returns whether pages were released."""
+    import ctypes
+    import mmap
+    import sys
+
+    if sys.platform != "linux" or t.device.type != "cpu" or torch._C._storage_Use_Count(t.untyped_storage()._cdata) > 2:
+        return False  # 2: the tensor's own reference and this call's storage object
+    page = mmap.PAGESIZE
+    start = t.data_ptr()
+    lo, hi = -(-start // page) * page, (start + t.numel() * t.element_size()) // page * page
+    if hi - lo < page:
+        return False
+    try:
+        with open("/proc/self/maps", encoding="ascii", errors="replace") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)
+                a, b = (int(v, 16) for v in fields[0].split("-"))
+                if a <= lo and hi <= b:
+                    if len(fields) < 6 or not fields[5].startswith("/"):
+                        return False  # anonymous memory: the allocator frees it with the tensor
+                    libc = ctypes.CDLL(None, use_errno=True)
+                    return int(libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)) == 0  # MADV_DONTNEED
+    except (OSError, ValueError, AttributeError):
+        pass
+    return False
 
 
 def gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, kernel: str) -> torch.Tensor:
@@ -109,9 +148,12 @@ class KLinear(nn.Linear):
     policy = "torch"  # instance attribute once `configure` ran; the class default keeps training and tests on torch
     stage = ""
     packable = False  # may its weight be packed in place when it runs oneDNN (`configure(..., packable=True)`)
+    pack_max_bytes = 0  # ... if it is at most this large (configure: PACK_SHARE, PACK_MIN_BYTES)
     packed: torch.Tensor | None = None  # the weight in oneDNN's layout once packed (`weight` is then a meta tensor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None and (torch.is_grad_enabled() or x.device.type != "cpu"):
+            self.unpack()  # autograd or another device: the plain weight again
         w = self.weight if self.packed is None else self.packed
         if self.packed is None and ((self.policy == "torch" and _TIMING is None) or torch.is_grad_enabled() or x.device.type != "cpu"):
             return F.linear(x, w, self.bias)
@@ -132,7 +174,7 @@ class KLinear(nn.Linear):
             return F.linear(x, w, self.bias)
         else:
             kernel, label = "torch", f"-{str(w.dtype).removeprefix('torch.')}"
-        if kernel == "onednn" and self.packable and self.packed is None:
+        if kernel == "onednn" and self.packable and self.packed is None and w.numel() * w.element_size() <= self.pack_max_bytes:
             w = self.pack()
             label = "-packed" + label
         if _TIMING is None:
@@ -145,16 +187,38 @@ class KLinear(nn.Linear):
 
     def pack(self) -> torch.Tensor:
         """Reorder the weight into oneDNN's layout in place: `packed` holds it, `weight` becomes a meta tensor of the
-        same shape and dtype (no second copy is kept; `dense_weight()` rebuilds the plain one on demand)."""
+        same shape, dtype and requires_grad (no second copy is kept). Whatever needs the plain weight gets it back:
+        `state_dict()` (the plain values), `load_state_dict`, `.to()`/any `_apply`, a forward with autograd on or off
+        the CPU (`unpack`); `dense_weight()` gives a plain copy."""
         if self.packed is None:
             w = self.weight
             self.packed = pack_weight(w)
-            self.weight = nn.Parameter(torch.empty(w.shape, dtype=w.dtype, device="meta"), requires_grad=False)
+            release_pages(w)
+            self.weight = nn.Parameter(torch.empty(w.shape, dtype=w.dtype, device="meta"), requires_grad=w.requires_grad)
         return self.packed
+
+    def unpack(self) -> None:
+        """The plain weight again (a new Parameter with the same values); no-op when not packed."""
+        if self.packed is not None:
+            dense, self.packed = self.packed.to_dense(), None
+            self.weight = nn.Parameter(dense, requires_grad=self.weight.requires_grad)
 
     def dense_weight(self) -> torch.Tensor:
         """The plain [out, in] weight (a new tensor when packed)."""
         return self.weight.detach() if self.packed is None else self.packed.to_dense()
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.packed is not None:
+            destination[prefix + "weight"] = self.packed.to_dense()
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self.unpack()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        self.unpack()
+        return super()._apply(fn, recurse)
 
 
 def _dtype_label(dtype: torch.dtype) -> str:
@@ -163,8 +227,8 @@ def _dtype_label(dtype: torch.dtype) -> str:
 
 def configure(module: nn.Module, policy: str, stage: str | None = None, packable: bool = False) -> int:
     """Set the kernel policy (and the stage name used in bench timings) of every KLinear in `module`; returns how many.
-    `packable`: the module is inference-only (never trained, saved or moved), so a linear that runs oneDNN on the CPU
-    may pack its weight in place (see the module doc).
+    `packable`: a linear that runs oneDNN on the CPU may pack its weight in place (see the module doc; it is unpacked
+    for anything else, but a Parameter object held from before, e.g. by an optimizer, is no longer the module's).
 
     Raises:
         ValueError: an unknown policy, or a kernel this build lacks.
@@ -174,10 +238,12 @@ def configure(module: nn.Module, policy: str, stage: str | None = None, packable
     if policy != "auto" and policy not in available():
         raise ValueError(f"the {policy} kernel is not available in this torch/numpy build (available: {', '.join(available())})")
     n = 0
+    cap = max(PACK_MIN_BYTES, sum(p.numel() * p.element_size() for p in module.parameters()) // PACK_SHARE)
     for m in module.modules():
         if isinstance(m, KLinear):
             m.policy = policy
             m.packable = packable and "onednn" in available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            m.pack_max_bytes = cap if m.packable else 0
             if stage is not None:
                 m.stage = stage
             n += 1
