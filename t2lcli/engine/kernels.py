@@ -163,11 +163,11 @@ class KLinear(nn.Linear):
         if self.packed is not None:  # packed: oneDNN, whatever the dtype
             kernel, label = "onednn", "-packed" + _dtype_label(w.dtype)
         elif x.dtype == w.dtype == torch.float32:
-            kernel = self.policy if self.policy != "auto" else choose(x2.shape[0], k, w.shape[0], w, self.bias, self.packable)
+            kernel = self.policy if self.policy != "auto" else self._choose(x2.shape[0], w)
         elif x.dtype == w.dtype == torch.bfloat16:  # a bf16 encoder (`dtype: auto` on native bf16): torch's or oneDNN's bf16
             label = "-bf16"
             if self.policy == "auto":
-                kernel = choose(x2.shape[0], k, w.shape[0], w, self.bias, self.packable)
+                kernel = self._choose(x2.shape[0], w)
             else:
                 kernel = "onednn" if self.policy == "onednn" else "torch"
         elif _TIMING is None:
@@ -184,6 +184,18 @@ class KLinear(nn.Linear):
             y = gemm(x2, w, self.bias, kernel)
             _TIMING.append((self.stage, x2.shape[0], k, w.shape[0], kernel + label, time.perf_counter() - t0, self))
         return y.view(*x.shape[:-1], w.shape[0])
+
+    def _choose(self, rows: int, w: torch.Tensor) -> str:
+        """`choose` for this module, remembered per (rows, threads): no key building or table lookup per call. Exact
+        rows, not the shape class: which kernel runs never depends on what the process ran before."""
+        memo: dict[tuple[int, int], str] | None = self.__dict__.get("_choices")
+        if memo is None or len(memo) > 256:
+            memo = self.__dict__["_choices"] = {}
+        key = (rows, torch.get_num_threads())
+        kernel = memo.get(key)
+        if kernel is None:
+            kernel = memo[key] = choose(rows, w.shape[1], w.shape[0], w, self.bias, self.packable)
+        return kernel
 
     def pack(self) -> torch.Tensor:
         """Reorder the weight into oneDNN's layout in place: `packed` holds it, `weight` becomes a meta tensor of the
