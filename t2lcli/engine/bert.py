@@ -55,7 +55,7 @@ class _Layer(nn.Module):
         self.ln2 = nn.LayerNorm(h, eps=eps)
         self.act: Any = _ACTS[act]
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, t, h = x.shape
         d = h // self.heads
 
@@ -88,9 +88,12 @@ class BertEncoder(nn.Module):
         pos = torch.arange(t, device=input_ids.device)
         x = self.word(input_ids) + self.pos(pos)[None] + self.tok_type.weight[0]
         x = self.ln(x)
-        # additive mask over keys, as transformers does (finfo.min where padded)
-        mask = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device)
-        mask = mask.masked_fill(attention_mask == 0, torch.finfo(x.dtype).min)[:, None, None, :]
+        # additive mask over keys, as transformers does (finfo.min where padded); none without padding (one description,
+        # or equal lengths): adding zeros changes no score, and SDPA without a mask skips reading one
+        mask: torch.Tensor | None = None
+        if not bool(attention_mask.all()):
+            mask = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device)
+            mask = mask.masked_fill(attention_mask == 0, torch.finfo(x.dtype).min)[:, None, None, :]
         for layer in self.layers:
             x = layer(x, mask)
         return x
