@@ -102,10 +102,11 @@ def _stage_floor(calls: list[Any], names: list[str], memo: dict[tuple[int, int, 
     return out
 
 
-def _pass_floor(calls: list[Any], memo: dict[tuple[int, int, int, str], dict[str, float]], reps: int = 3) -> dict[str, float]:
+def _pass_floor(calls: list[Any], memo: dict[tuple[int, int, int, str], dict[str, float]], reps: int = 20, budget_s: float = 1.0) -> dict[str, float]:
     """Per stage: its recorded GEMMs replayed back to back in the pass's order (each weight read once, as a forward
-    pass reads it), best of `reps`, each with the fastest kernel (from `memo`) that runs on the module's weight as it
-    is: packed -> oneDNN on it; plain -> the fastest of torch/oneDNN/OpenBLAS (no second copy of any weight).
+    pass reads it), best of up to `reps` (at least 3; fewer once `budget_s` is spent: a busy machine's bursts hit a
+    few), each with the fastest kernel (from `memo`) that runs on the module's weight as it is: packed -> oneDNN on
+    it; plain -> the fastest of torch/oneDNN/OpenBLAS (no second copy of any weight).
 
     The per-shape floor times one GEMM again and again, so a weight that fits the core's cache is timed hot; a pass
     reads each weight once, from L3 or memory. On MiniLM (36 GEMMs, 42 MB of weights, 13 rows) the replay took ~1.7x
@@ -135,11 +136,13 @@ def _pass_floor(calls: list[Any], memo: dict[tuple[int, int, int, str], dict[str
                     kernels.gemm(x, w, b, name)
 
             run()
-            best = float("inf")
-            for _ in range(reps):
+            best, start = float("inf"), time.perf_counter()
+            for i in range(reps):
                 t0 = time.perf_counter()
                 run()
                 best = min(best, time.perf_counter() - t0)
+                if i >= 2 and time.perf_counter() - start > budget_s:
+                    break
             out[stage] = best * 1000
     return out
 
