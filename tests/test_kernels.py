@@ -293,3 +293,23 @@ def test_release_pages_only_for_an_unshared_tensor_in_a_file_mapping(tmp_path: P
     del view
     assert kernels.release_pages(lin.weight) == sys.platform.startswith("linux")
     assert torch.equal(got["a"], want["a"]) and torch.equal(lin.bias, want["bias"])  # the neighbours' pages are theirs
+
+
+def test_a_weight_too_large_to_pack_is_not_measured_packed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto` on a packable module times oneDNN packed only for weights it may pack (a packed copy for the measurement
+    alone would be a second copy of, e.g., a 512 MiB head)."""
+    monkeypatch.setattr(kernels, "_CHOICES", {})
+    seen: list[bool] = []
+    real = kernels.measure
+
+    def spy(rows: int, w: torch.Tensor, b: torch.Tensor | None, names: list[str] | None = None, packed: bool = False) -> dict[str, float]:
+        seen.append(packed)
+        return real(rows, w, b, names, packed)
+
+    monkeypatch.setattr(kernels, "measure", spy)
+    lin = kernels.KLinear(512, 1024)
+    kernels.configure(lin, "auto", "heads", packable=True)
+    lin.pack_max_bytes = lin.weight.numel() * lin.weight.element_size() - 1  # one byte too large
+    with torch.no_grad():
+        lin(torch.randn(24, 512))
+    assert seen == [False] and lin.packed is None

@@ -194,7 +194,8 @@ class KLinear(nn.Linear):
         key = (rows, torch.get_num_threads())
         kernel = memo.get(key)
         if kernel is None:
-            kernel = memo[key] = choose(rows, w.shape[1], w.shape[0], w, self.bias, self.packable)
+            packable = self.packable and w.numel() * w.element_size() <= self.pack_max_bytes  # else not even measured packed
+            kernel = memo[key] = choose(rows, w.shape[1], w.shape[0], w, self.bias, packable)
         return kernel
 
     def pack(self) -> torch.Tensor:
