@@ -313,11 +313,8 @@ class HyperLoRA(nn.Module):
             b = self._ab_pass(h, module, "B")[..., :d_out].transpose(-1, -2)
         return self._to_raw_scale(a, b, module, layers)
 
-    def _to_raw_scale(self, a: torch.Tensor, b: torch.Tensor, module: str, layers: torch.Tensor | None,
-                      inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-layer statistics and offsets for `layers` (None: all layers, used as stored, without a gathered copy).
-        `inplace` (inference, a and b views of a fresh head output): the A/B offset is added into them, the same
-        values without a second [B, L, ...] tensor (Llama-8B: 27 MB per description written once less)."""
+    def _to_raw_scale(self, a: torch.Tensor, b: torch.Tensor, module: str, layers: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-layer statistics and offsets for `layers` (None: all layers, used as stored, without a gathered copy)."""
         c = self.config
 
         def pick(stats: nn.ModuleDict, which: str) -> torch.Tensor:
@@ -334,12 +331,8 @@ class HyperLoRA(nn.Module):
                 a, b = a / s, b / s
                 return a, b
         if c.ab_offset:
-            if inplace and not torch.is_grad_enabled():
-                a.add_(pick(self.AB_offset, "A").to(a.dtype))
-                b.add_(pick(self.AB_offset, "B").to(b.dtype))
-            else:
-                a = a + pick(self.AB_offset, "A").to(a.dtype)
-                b = b + pick(self.AB_offset, "B").to(b.dtype)
+            a = a + pick(self.AB_offset, "A").to(a.dtype)
+            b = b + pick(self.AB_offset, "B").to(b.dtype)
         return a, b
 
     def forward(self, emb: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -362,7 +355,7 @@ class HyperLoRA(nn.Module):
             h = self.heads[mod](u[:, i])
             a = h[..., : c.r * d_in].reshape(*h.shape[:-1], c.r, d_in)
             bb = h[..., c.r * d_in :].reshape(*h.shape[:-1], c.r, d_out).transpose(-1, -2)
-            out[mod] = self._to_raw_scale(a, bb, mod, None, inplace=True)
+            out[mod] = self._to_raw_scale(a, bb, mod, None)
         return out
 
     def n_params(self, trainable_only: bool = True) -> int:
