@@ -142,10 +142,13 @@ def test_bench_tiny_checkpoint_report(tiny_report: tuple[dict, Path, str]) -> No
     for s in floor["stages"]:
         assert s["floor_ms"] > 0 and s["measured_ms"] >= 0 and s["gemms"] > 0 and s["gflop"] > 0 and s["dtype"] == "float32"
         assert s["ratio"] == pytest.approx(s["measured_ms"] / s["floor_ms"], rel=0.01, abs=0.01)
+        # the pass floor: the same GEMMs back to back, each weight once; never below the per-shape floor
+        assert s["pass_floor_ms"] >= s["floor_ms"] and s["pass_ratio"] == pytest.approx(s["measured_ms"] / s["pass_floor_ms"], rel=0.01, abs=0.01)
         assert s["kernel"] and s["floor_kernel"].split(":")[0] in floor["kernels_tried"]
     assert "torch" in floor["kernels_tried"] and floor["policy"] == "auto" and floor["cpu"] == report["machine"]["cpu"]
     tot = floor["total"]
     assert tot["measured_ms"] == w["p50"] and tot["floor_ms"] == pytest.approx(sum(s["floor_ms"] for s in floor["stages"]), abs=0.01)
+    assert tot["pass_floor_ms"] == pytest.approx(sum(s["pass_floor_ms"] for s in floor["stages"]), abs=0.01)
     assert [t["batch"] for t in floor["throughput"]] == [1, 3]
     assert all(t["floor_adapters_per_s"] > 0 and t["fraction"] > 0 for t in floor["throughput"])
     assert floor["cold"]["files"] > 0 and floor["cold"]["bytes"] > 0 and floor["cold"]["cold_p50_ms"] is None
@@ -201,6 +204,9 @@ def test_bench_human_output(tiny_report: tuple[dict, Path, str], capsys: pytest.
         assert by_stage[s["stage"]][1:6] == [f"{s['measured_ms']:.2f}", f"{s['floor_ms']:.2f}", f"{s['ratio']:.2f}x", f"{s['gflop']:.3f}", s["kernel"]]
     tot = floor["total"]
     assert f"{tot['measured_ms']:.2f}" in _row(text, "total") and f"{tot['ratio']:.2f}x" in _row(text, "total")
+    flat = " ".join(text.split())
+    assert f"warm p50 vs all stages {tot['pass_floor_ms']:.2f} ms ({tot['pass_ratio']:.2f}x)" in flat
+    assert all(f"{s['stage']} {s['pass_floor_ms']:.2f} ms ({s['pass_ratio']:.2f}x)" in flat for s in floor["stages"])
     for t in floor["throughput"]:
         assert f"batch {t['batch']}: {t['adapters_per_s']:.1f} adapters/s vs floor {t['floor_adapters_per_s']:.1f}" in text
     assert ", ".join(floor["kernels_tried"]) in text.replace("\n", " ") or floor["kernels_tried"][0] in text

@@ -97,7 +97,9 @@ def test_forced_kernel_reaches_every_linear(tiny_checkpoint_dir: Path) -> None:
         gen.factors(gen.embed(["Answer math questions step by step."]))
     stages = {c[0] for c in calls}
     assert stages == {"encoder", "trunk", "heads"}
-    assert {c[4] for c in calls} == {gen.kernel}
+    assert {c[4].removesuffix("-packed") for c in calls} == {gen.kernel}
+    if gen.kernel == "onednn":  # a Generator runs it on packed weights (tiny: all under PACK_MIN_BYTES)
+        assert {c[4] for c in calls} == {"onednn-packed"}
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in gen.ckpt.hypernet.modules())
     assert sum(c[0] in ("trunk", "heads") for c in calls) >= n_linear  # each trunk linear once per target module
 
@@ -107,9 +109,9 @@ def test_auto_measures_once_and_caches_per_fingerprint(monkeypatch: pytest.Monke
     measured: list[int] = []
     real = kernels.measure
 
-    def counting(rows: int, w: torch.Tensor, b: torch.Tensor | None, names: list[str] | None = None) -> dict[str, float]:
+    def counting(rows: int, w: torch.Tensor, b: torch.Tensor | None, names: list[str] | None = None, packed: bool = False) -> dict[str, float]:
         measured.append(rows)
-        return real(rows, w, b, names)
+        return real(rows, w, b, names, packed)
 
     monkeypatch.setattr(kernels, "measure", counting)
     w, b = torch.randn(512, 256) * 0.05, torch.randn(512)
@@ -198,4 +200,117 @@ def test_bf16_stage_is_recorded_and_gets_a_bf16_floor() -> None:
     assert "32:512:1024:bfloat16" in entry["choices"]
     out = _stage_floor(calls, ["torch", "onednn", "torch-bf16"], {})
     assert out["encoder"]["dtype"] == "bfloat16" and out["encoder"]["gemms"] == 1
-    assert set(out["encoder"]["floor_kernels"]) <= {"torch-bf16", "onednn-bf16"} and out["encoder"]["floor_ms"] > 0
+    assert set(out["encoder"]["floor_kernels"]) <= {"torch-bf16", "onednn-bf16", "onednn-packed-bf16"} and out["encoder"]["floor_ms"] > 0
+
+
+@pytest.mark.skipif("onednn" not in AVAILABLE, reason="no oneDNN in this torch build")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_weight_gives_onednn_bytes_and_keeps_one_copy(dtype: torch.dtype) -> None:
+    """A packable KLinear that runs oneDNN packs its weight in place: oneDNN's numbers on the plain weight within
+    rounding (on an AMX Xeon the same bytes for 2+ rows; not asserted, it depends on the CPU's kernels), `weight`
+    becomes a meta tensor (one copy), the plain weight comes back on demand, the same input gives the same bytes."""
+    torch.manual_seed(0)
+    lin = kernels.KLinear(384, 1536).to(dtype)
+    plain = lin.weight.detach().clone()
+    kernels.configure(lin, "onednn", "encoder", packable=True)
+    with torch.no_grad():
+        xs = [torch.randn(m, 384).to(dtype) for m in (1, 13, 40, 200)]
+        want = [kernels.gemm(x, plain, lin.bias, "onednn") for x in xs]
+        with kernels.record() as calls:
+            got = [lin(x) for x in xs]
+        assert lin.packed is not None and lin.weight.is_meta and lin.weight.shape == plain.shape and lin.weight.dtype == dtype
+        for x, g, w in zip(xs, got, want, strict=True):
+            if dtype == torch.float32:
+                assert_close(g, w, depth=1)
+                assert_close(g, F.linear(x, plain, lin.bias), depth=1)
+            else:  # bf16 outputs: compare in fp32 at bf16's rounding (2^-8 relative per rounding)
+                assert float((g.float() - w.float()).abs().max()) <= 2 ** -6 * float(w.float().abs().max())
+        assert torch.equal(lin.dense_weight(), plain)
+        assert {c[4] for c in calls} == {"onednn-packed" if dtype == torch.float32 else "onednn-packed-bf16"}
+        assert torch.equal(lin(xs[2]), got[2])  # the same kernel, the same bytes
+
+
+def test_unpackable_or_torch_policy_never_packs() -> None:
+    torch.manual_seed(0)
+    a, b = kernels.KLinear(256, 512), kernels.KLinear(256, 512)
+    kernels.configure(a, "onednn" if "onednn" in AVAILABLE else "torch", "trunk")  # the hypernetwork: not packable
+    kernels.configure(b, "torch", "encoder", packable=True)
+    with torch.no_grad():
+        x = torch.randn(16, 256)
+        a(x), b(x)
+    assert a.packed is None and b.packed is None and not a.weight.is_meta and not b.weight.is_meta
+
+
+@pytest.mark.skipif("onednn" not in AVAILABLE, reason="no oneDNN in this torch build")
+def test_packed_hypernet_keeps_its_state_dict_and_unpacks_for_autograd_and_to(tiny_checkpoint_dir: Path) -> None:
+    """A Generator packs the hypernetwork's oneDNN linears; its state_dict stays the checkpoint's values, `.to()`,
+    `load_state_dict` and a forward with autograd get the plain weight back."""
+    from t2lcli.engine.generate import Generator
+
+    gen = Generator.load(str(tiny_checkpoint_dir), kernel="onednn")
+    net = gen.ckpt.hypernet
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    n_params = net.n_params()
+    emb = gen.embed(["Answer math questions step by step."])
+    first = gen.factors(emb)
+    packed = [m for m in net.modules() if isinstance(m, kernels.KLinear) and m.packed is not None]
+    assert packed and all(m.weight.is_meta for m in packed)
+    assert net.n_params() == n_params
+    after = net.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    again = gen.factors(emb)
+    assert all(torch.equal(first[m][i], again[m][i]) for m in first for i in (0, 1))  # packed: the same bytes every run
+    net.load_state_dict(before)  # unpacks, then loads
+    assert all(m.packed is None and not m.weight.is_meta for m in packed)
+    gen.factors(emb)  # packs again
+    assert all(m.packed is not None for m in packed)
+    with torch.enable_grad():
+        out = net(emb)
+    assert all(m.packed is None for m in packed)  # autograd: F.linear on the plain weight
+    sum(a.sum() + b.sum() for a, b in out.values()).backward()
+    assert all(m.weight.grad is not None for m in packed if m.weight.requires_grad)
+    gen.factors(emb)
+    net.to(torch.float64)  # any _apply: unpacked first
+    assert all(m.packed is None and m.weight.dtype == torch.float64 for m in packed)
+
+
+def test_release_pages_only_for_an_unshared_tensor_in_a_file_mapping(tmp_path: Path) -> None:
+    """`release_pages` gives back the pages of a weight that nothing else uses (read by safetensors' load_file: one
+    mapping of the file; or on the heap); a shared storage is left alone; neighbouring tensors keep their values."""
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(0)
+    want = {"a": torch.randn(3, 1000, generator=g), "weight": torch.randn(256, 1024, generator=g), "bias": torch.randn(256, generator=g)}
+    save_file(want, str(tmp_path / "w.safetensors"))
+    got = load_file(str(tmp_path / "w.safetensors"))
+    lin = torch.nn.Linear(1024, 256)
+    lin.load_state_dict({"weight": got.pop("weight"), "bias": got.pop("bias")}, assign=True)  # as the loaders assign weights
+    heap = torch.randn(256, 1024)
+    assert kernels.release_pages(heap) == sys.platform.startswith("linux")
+    view = lin.weight.detach()
+    assert not kernels.release_pages(lin.weight)  # another tensor shares its storage
+    del view
+    assert kernels.release_pages(lin.weight) == sys.platform.startswith("linux")
+    assert torch.equal(got["a"], want["a"]) and torch.equal(lin.bias, want["bias"])  # the neighbours' pages are theirs
+
+
+def test_a_weight_too_large_to_pack_is_not_measured_packed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto` on a packable module times oneDNN packed only for weights it may pack (a packed copy for the measurement
+    alone would be a second copy of, e.g., a 512 MiB head)."""
+    monkeypatch.setattr(kernels, "_CHOICES", {})
+    seen: list[bool] = []
+    real = kernels.measure
+
+    def spy(rows: int, w: torch.Tensor, b: torch.Tensor | None, names: list[str] | None = None, packed: bool = False) -> dict[str, float]:
+        seen.append(packed)
+        return real(rows, w, b, names, packed)
+
+    monkeypatch.setattr(kernels, "measure", spy)
+    lin = kernels.KLinear(512, 1024)
+    kernels.configure(lin, "auto", "heads", packable=True)
+    lin.pack_max_bytes = lin.weight.numel() * lin.weight.element_size() - 1  # one byte too large
+    with torch.no_grad():
+        lin(torch.randn(24, 512))
+    assert seen == [False] and lin.packed is None

@@ -104,7 +104,7 @@ class Generator:
             if getattr(self._encoder, "fast", False):  # our BERT: its linears are KLinear (transformers' are not)
                 from t2lcli.engine.kernels import configure
 
-                configure(self._encoder.model, self.kernel, "encoder")
+                configure(self._encoder.model, self.kernel, "encoder", packable=True)  # inference only: may pack in place
         return self._encoder
 
     def embed(self, descriptions: list[str], checked: bool = False) -> torch.Tensor:
@@ -154,8 +154,8 @@ class Generator:
         # is caught too
         finite = torch.ones(len(descriptions), dtype=torch.bool)
         for a, b in fac.values():
-            finite &= torch.isfinite(a).flatten(1).all(1)
-            finite &= torch.isfinite(b * opts.scale if opts.scale != 1.0 else b).flatten(1).all(1)
+            finite &= finite_items(a)
+            finite &= finite_items(b * opts.scale if opts.scale != 1.0 else b)
         for i, desc in enumerate(descriptions):
             tensors = lora_state_dict(paths, fac, i)
             if opts.scale != 1.0:
@@ -225,6 +225,16 @@ class Generator:
         return apply_adapter(model, adapter)
 
 
+def finite_items(t: torch.Tensor) -> torch.Tensor:
+    """[n, ...] -> [n] bool: every value of item i is finite. NaN/Inf propagate into a sum, one pass over the
+    (strided) tensor without temporaries, ~20x faster than `isfinite().all()` on a batch's factors; an item whose sum
+    is not finite is checked exactly (a sum of finite values can overflow)."""
+    ok = torch.isfinite(t.sum(dim=tuple(range(1, t.dim()))))
+    if not bool(ok.all()):
+        ok = torch.isfinite(t).flatten(1).all(1)
+    return ok
+
+
 def check_descriptions(descriptions: list[str]) -> None:
     """The one description rule (`t2lcli.text`) on each description, named by its place when there are several."""
     for i, d in enumerate(descriptions):
@@ -236,8 +246,8 @@ def _configure_hypernet(net: torch.nn.Module, kernel: str) -> None:
     from t2lcli.engine.kernels import configure
 
     try:
-        configure(net, kernel, "trunk")
-        configure(cast(torch.nn.Module, net.heads), kernel, "heads")
+        configure(net, kernel, "trunk", packable=True)  # a Generator only runs inference; packing is undone for anything else
+        configure(cast(torch.nn.Module, net.heads), kernel, "heads", packable=True)
     except ValueError as exc:
         raise InputError(str(exc), hint="set the profile's kernel to auto or torch (--set kernel=auto)") from None
 

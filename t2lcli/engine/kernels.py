@@ -5,7 +5,7 @@ heads' skinny [32 x 2048] x [2048 x 65536] product ran 3-6x slower than oneDNN o
 `KLinear` (an `nn.Linear` with the same parameters and state-dict keys) runs, in inference only, on one of:
 
   torch     `F.linear` (MKL or whatever torch was built with); always used for training (autograd) and off the CPU;
-  onednn    `torch.ops.mkldnn._linear_pointwise` on the plain fp32 weight: no packed copy is kept;
+  onednn    `torch.ops.mkldnn._linear_pointwise` on the fp32 weight (packed in place where allowed, below);
   openblas  numpy's `matmul` (OpenBLAS) on zero-copy views of the tensors.
 
 Policy `auto` (the default; profile key `kernel`) picks, per GEMM shape (rows rounded up to a power of two, K, N),
@@ -15,6 +15,15 @@ torch (nothing to gain, and tiny test models keep torch's bytes). A named policy
 within fp32 rounding whichever kernel runs (tests/test_kernels.py); the same kernel gives the same bytes every run.
 bf16 is never chosen here (it changes results beyond fp32 tolerance); a module already in bf16 (the encoder under
 `dtype: auto` on a native-bf16 CPU) picks between torch's and oneDNN's bf16 GEMM the same way.
+
+Packing: a module configured `packable` (what a `Generator` runs: the text encoder and the hypernetwork) whose linear
+runs oneDNN has its weight reordered once into oneDNN's blocked layout *in place* (`KLinear.pack`: the plain weight is
+dropped, one copy stays, `release_pages`; a weight over 1/PACK_SHARE of its module's bytes stays plain, so the peak RSS
+does not grow by more than that one weight). oneDNN then skips reordering the weight on every call: on an Intel AMX
+Xeon 1.3-1.5x faster in fp32 and up to 2x in bf16 for a short description's rows, with the same bytes as oneDNN on
+the plain weight there for 2+ rows (within fp32 rounding on any CPU: tests/test_kernels.py).
+`auto` times a packable module's oneDNN candidate packed. Anything that needs the plain weight (state_dict, .to(),
+autograd) gets it back (`KLinear.unpack`), so checkpoints and training see the same parameters.
 """
 
 from __future__ import annotations
@@ -58,9 +67,49 @@ def available() -> list[str]:
     return out
 
 
+# Packing holds both layouts of one weight for a moment, which is what a process's peak RSS sees; so a module packs
+# only weights up to 1/PACK_SHARE of its own parameter bytes (at least PACK_MIN_BYTES): the peak grows by under ~1%.
+# What stays plain: the hypernetwork heads (19 MiB of a 34 MiB default net; the Llama-8B heads are compute-bound anyway)
+PACK_SHARE = 16
+PACK_MIN_BYTES = 4 << 20
+PACK_ROWS = 32  # the row count oneDNN's packed layout is chosen for (the layout barely depends on it; results do not)
+
+
+def pack_weight(w: torch.Tensor) -> torch.Tensor:
+    """w [N, K] in oneDNN's blocked layout for `gemm(..., "onednn")` (a new tensor; `.to_dense()` gives w back)."""
+    return torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS)
+
+
+def release_pages(t: torch.Tensor) -> bool:
+    """Hand the memory pages of a tensor about to be dropped back to the OS (MADV_DONTNEED on the whole pages inside
+    it), where dropping it alone would not: a tensor read by safetensors' `load_file` lies in one private mapping of the
+    whole file, which goes only with its last tensor; a freed heap chunk stays in the process (glibc returns only the
+    heap's top), and a packed weight a little larger than the plain one cannot reuse it. Without this, packing the
+    Llama-8B shapes' bf16 encoder raised a cold `t2l generate`'s peak RSS by 100-280 MiB. Only when nothing else uses
+    the tensor's storage (its contents are never read again); pages shared with a neighbour are kept. Linux only;
+    returns whether pages were released."""
+    import ctypes
+    import mmap
+    import sys
+
+    if sys.platform != "linux" or t.device.type != "cpu" or torch._C._storage_Use_Count(t.untyped_storage()._cdata) > 2:
+        return False  # 2: the tensor's own reference and this call's storage object
+    page = mmap.PAGESIZE
+    start = t.data_ptr()
+    lo, hi = -(-start // page) * page, (start + t.numel() * t.element_size()) // page * page
+    if hi - lo < page:
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)) == 0  # MADV_DONTNEED
+    except (OSError, AttributeError):
+        return False
+
+
 def gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, kernel: str) -> torch.Tensor:
-    """x [M, K] @ w[N, K]ᵀ (+ b) on the CPU with the named kernel (no gradient); `torch-*` names run F.linear."""
-    if kernel == "onednn":
+    """x [M, K] @ w[N, K]ᵀ (+ b) on the CPU with the named kernel (no gradient); `torch-*` names run F.linear;
+    a packed weight (`pack_weight`) runs on oneDNN whatever the name."""
+    if kernel == "onednn" or w.is_mkldnn:
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), w, b, "none", [], "")
     if kernel == "openblas":
         import numpy as np
@@ -92,26 +141,36 @@ class KLinear(nn.Linear):
 
     policy = "torch"  # instance attribute once `configure` ran; the class default keeps training and tests on torch
     stage = ""
+    packable = False  # may its weight be packed in place when it runs oneDNN (`configure(..., packable=True)`)
+    pack_max_bytes = 0  # ... if it is at most this large (configure: PACK_SHARE, PACK_MIN_BYTES)
+    packed: torch.Tensor | None = None  # the weight in oneDNN's layout once packed (`weight` is then a meta tensor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        if (self.policy == "torch" and _TIMING is None) or torch.is_grad_enabled() or x.device.type != "cpu":
+        if self.packed is not None and (torch.is_grad_enabled() or x.device.type != "cpu"):
+            self.unpack()  # autograd or another device: the plain weight again
+        w = self.weight if self.packed is None else self.packed
+        if self.packed is None and ((self.policy == "torch" and _TIMING is None) or torch.is_grad_enabled() or x.device.type != "cpu"):
             return F.linear(x, w, self.bias)
         k = x.shape[-1]
         x2 = x.reshape(-1, k)
         label = ""
-        if x.dtype == w.dtype == torch.float32:
-            kernel = self.policy if self.policy != "auto" else choose(x2.shape[0], k, w.shape[0], w, self.bias)
+        if self.packed is not None:  # packed: oneDNN, whatever the dtype
+            kernel, label = "onednn", "-packed" + _dtype_label(w.dtype)
+        elif x.dtype == w.dtype == torch.float32:
+            kernel = self.policy if self.policy != "auto" else self._choose(x2.shape[0], w)
         elif x.dtype == w.dtype == torch.bfloat16:  # a bf16 encoder (`dtype: auto` on native bf16): torch's or oneDNN's bf16
             label = "-bf16"
             if self.policy == "auto":
-                kernel = choose(x2.shape[0], k, w.shape[0], w, self.bias)
+                kernel = self._choose(x2.shape[0], w)
             else:
                 kernel = "onednn" if self.policy == "onednn" else "torch"
         elif _TIMING is None:
             return F.linear(x, w, self.bias)
         else:
             kernel, label = "torch", f"-{str(w.dtype).removeprefix('torch.')}"
+        if kernel == "onednn" and self.packable and self.packed is None and w.numel() * w.element_size() <= self.pack_max_bytes:
+            w = self.pack()
+            label = "-packed" + label
         if _TIMING is None:
             y = gemm(x2, w, self.bias, kernel)
         else:
@@ -120,9 +179,63 @@ class KLinear(nn.Linear):
             _TIMING.append((self.stage, x2.shape[0], k, w.shape[0], kernel + label, time.perf_counter() - t0, self))
         return y.view(*x.shape[:-1], w.shape[0])
 
+    def _choose(self, rows: int, w: torch.Tensor) -> str:
+        """`choose` for this module, remembered per (rows, threads): no key building or table lookup per call. Exact
+        rows, not the shape class: which kernel runs never depends on what the process ran before."""
+        memo: dict[tuple[int, int], str] | None = self.__dict__.get("_choices")
+        if memo is None or len(memo) > 256:
+            memo = self.__dict__["_choices"] = {}
+        key = (rows, torch.get_num_threads())
+        kernel = memo.get(key)
+        if kernel is None:
+            packable = self.packable and w.numel() * w.element_size() <= self.pack_max_bytes  # else not even measured packed
+            kernel = memo[key] = choose(rows, w.shape[1], w.shape[0], w, self.bias, packable)
+        return kernel
 
-def configure(module: nn.Module, policy: str, stage: str | None = None) -> int:
+    def pack(self) -> torch.Tensor:
+        """Reorder the weight into oneDNN's layout in place: `packed` holds it, `weight` becomes a meta tensor of the
+        same shape, dtype and requires_grad (no second copy is kept). Whatever needs the plain weight gets it back:
+        `state_dict()` (the plain values), `load_state_dict`, `.to()`/any `_apply`, a forward with autograd on or off
+        the CPU (`unpack`); `dense_weight()` gives a plain copy."""
+        if self.packed is None:
+            w = self.weight
+            self.packed = pack_weight(w)
+            release_pages(w)
+            self.weight = nn.Parameter(torch.empty(w.shape, dtype=w.dtype, device="meta"), requires_grad=w.requires_grad)
+        return self.packed
+
+    def unpack(self) -> None:
+        """The plain weight again (a new Parameter with the same values); no-op when not packed."""
+        if self.packed is not None:
+            dense, self.packed = self.packed.to_dense(), None
+            self.weight = nn.Parameter(dense, requires_grad=self.weight.requires_grad)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The plain [out, in] weight (a new tensor when packed)."""
+        return self.weight.detach() if self.packed is None else self.packed.to_dense()
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.packed is not None:
+            destination[prefix + "weight"] = self.packed.to_dense()
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self.unpack()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        self.unpack()
+        return super()._apply(fn, recurse)
+
+
+def _dtype_label(dtype: torch.dtype) -> str:
+    return "" if dtype == torch.float32 else "-bf16" if dtype == torch.bfloat16 else f"-{str(dtype).removeprefix('torch.')}"
+
+
+def configure(module: nn.Module, policy: str, stage: str | None = None, packable: bool = False) -> int:
     """Set the kernel policy (and the stage name used in bench timings) of every KLinear in `module`; returns how many.
+    `packable`: a linear that runs oneDNN on the CPU may pack its weight in place (see the module doc; it is unpacked
+    for anything else, but a Parameter object held from before, e.g. by an optimizer, is no longer the module's).
 
     Raises:
         ValueError: an unknown policy, or a kernel this build lacks.
@@ -132,9 +245,12 @@ def configure(module: nn.Module, policy: str, stage: str | None = None) -> int:
     if policy != "auto" and policy not in available():
         raise ValueError(f"the {policy} kernel is not available in this torch/numpy build (available: {', '.join(available())})")
     n = 0
+    cap = max(PACK_MIN_BYTES, sum(p.numel() * p.element_size() for p in module.parameters()) // PACK_SHARE)
     for m in module.modules():
         if isinstance(m, KLinear):
             m.policy = policy
+            m.packable = packable and "onednn" in available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            m.pack_max_bytes = cap if m.packable else 0
             if stage is not None:
                 m.stage = stage
             n += 1
@@ -245,32 +361,36 @@ def time_gemm(fn: Callable[[], Any], budget_s: float = 0.3, reps: int = 3) -> fl
     return best
 
 
-def measure(rows: int, w: torch.Tensor, b: torch.Tensor | None, kernels: list[str] | None = None) -> dict[str, float]:
-    """Seconds per call of each kernel for a [rows, K] input on this weight (rows capped at MEASURE_FLOPS)."""
+def measure(rows: int, w: torch.Tensor, b: torch.Tensor | None, kernels: list[str] | None = None, packed: bool = False) -> dict[str, float]:
+    """Seconds per call of each kernel for a [rows, K] input on this weight (rows capped at MEASURE_FLOPS); `packed`:
+    oneDNN is timed on a packed copy of the weight (freed on return), as a packable module would run it."""
     n, k = w.shape
     rows = max(1, min(rows, max(8, int(MEASURE_FLOPS / (2 * k * n)))))
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(0)).to(w.dtype)
     names = kernels or available()
     best: dict[str, float] = {}
+    weights = {name: pack_weight(w) if packed and name == "onednn" else w for name in names}
     with torch.no_grad():
         for rep in range(3):  # round-robin, best of each: a burst of other load does not hit one kernel only
             for name in names:
-                best[name] = min(best.get(name, float("inf")), time_gemm(functools.partial(gemm, x, w, b, name), reps=1))
+                best[name] = min(best.get(name, float("inf")), time_gemm(functools.partial(gemm, x, weights[name], b, name), reps=1))
             if rep == 0 and min(best.values()) > 0.5:  # slow shapes (Llama-8B heads): one round is enough
                 break
     return best
 
 
-def choose(rows: int, k: int, n: int, w: torch.Tensor, b: torch.Tensor | None) -> str:
-    """The kernel for an [rows, k] x [k, n] GEMM on this machine (measured once per shape class, then cached)."""
+def choose(rows: int, k: int, n: int, w: torch.Tensor, b: torch.Tensor | None, packable: bool = False) -> str:
+    """The kernel for an [rows, k] x [k, n] GEMM on this machine (measured once per shape class, then cached);
+    `packable`: oneDNN is measured (and would run) on a packed weight, a shape class of its own."""
     if 2 * rows * k * n < SMALL_FLOPS:
         return "torch"
     key = _current_key()
     table = _table(key)
     shape = f"{bucket(rows)}:{k}:{n}" + ("" if w.dtype == torch.float32 else f":{str(w.dtype).removeprefix('torch.')}")
+    shape += ":packed" if packable else ""
     kernel = table.get(shape)
     if kernel is None:
-        times = measure(bucket(rows), w, b, [name for name in AUTO_KERNELS if name in available()])
+        times = measure(bucket(rows), w, b, [name for name in AUTO_KERNELS if name in available()], packed=packable)
         kernel = min(times, key=lambda name: times[name])
         table[shape] = kernel
         _save_choice(key, shape, kernel, times)
