@@ -158,9 +158,10 @@ eval-default: $(STAMP)
 	$(BIN)/t2l eval --tasks gsm8k,arc_easy,boolq $(EVAL_ROWS) --max-descriptions 2 \
 	  --limit gsm8k=20 --limit arc_easy=100 --limit boolq=100 -o results/default-bench --force
 
-## make train-default-v2 (issue #22): stage 2 of the default, continued on all 325 trainable SNI tasks with mixed
-## prompts and the description-contrastive term (stage 1 = train-default; see the recipe's header); its LoRA baseline
-## with the same data, prompts and steps continues the shipped multi-task LoRA
+## make train-default-v2 (issue #22): stage 2 of the default, continued on the 139 generation tasks of the 324
+## trainable SNI tasks (label tasks left out: data.label_task_weight 0) with mixed prompts and the
+## description-contrastive term (stage 1 = train-default; see the recipe's header); its LoRA baseline with the same
+## data, prompts and steps continues the shipped multi-task LoRA
 train-default-v2: $(STAMP)
 	$(BIN)/t2l train default-v2 --output runs/default-v2 --resume $(V2_FROM)
 

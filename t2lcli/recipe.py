@@ -42,6 +42,9 @@ class DataSection:
     max_instances_per_task: int = 1000
     prompt: str = "input"  # input | definition | mix (a definition_frac share of the examples carry the definition)
     definition_frac: float = 0.5  # prompt: mix only; drawn per example from the sampler's seeded (resumable) RNG
+    # sampling weight of label tasks (classification-like: 20 answers cover >= 90% of the training answers) against
+    # 1 for the others; 1 = every task equally likely, 0 = label tasks left out
+    label_task_weight: float = 1.0
     data_sha256: str = ""  # when set, training refuses data whose files hash otherwise (provenance: training.data)
 
 
@@ -259,6 +262,8 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
         problems.append("train.n_tasks_per_step must be >= 1")
     if recipe.data.definition_frac > 1:
         problems.append(f"data.definition_frac must be between 0 and 1, got {recipe.data.definition_frac}")
+    if not 0 <= recipe.data.label_task_weight <= 1:
+        problems.append(f"data.label_task_weight must be between 0 and 1, got {recipe.data.label_task_weight}")
     if recipe.train.contrastive_weight > 0 and recipe.mode == "recon":
         problems.append("train.contrastive_weight applies to sft training (recon distils fixed targets)")
     if problems:

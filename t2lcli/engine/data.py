@@ -146,21 +146,44 @@ def answer_of(instance: dict[str, Any]) -> str:
     return ", ".join(out) if isinstance(out, list) else str(out)
 
 
+def is_label_task(answers: list[str], top: int = 20, cover: float = 0.9) -> bool:
+    """A classification-like task: its `top` most common answers cover at least `cover` of its (training) answers
+    ("Yes"/"No", a rating, a class number), so its examples teach a short label rather than a generated text."""
+    if not answers:
+        return False
+    from collections import Counter
+
+    return sum(c for _, c in Counter(answers).most_common(top)) >= cover * len(answers)
+
+
 class HierarchicalSampler:
     """n tasks per step (without replacement within a step), one example per task, a random training description.
 
-    All randomness comes from one `random.Random`, whose state is saved in training checkpoints for exact resume.
+    `weights` (one per task; None = uniform) make a task's chance of being among a step's n proportional to its
+    weight (weighted sampling without replacement, Efraimidis-Spirakis keys u^(1/w)); weight 0 leaves a task out
+    unless fewer than n tasks have a positive weight. All randomness comes from one `random.Random`, whose state is
+    saved in training checkpoints for exact resume; uniform weights draw exactly as before weights existed.
     """
 
-    def __init__(self, tasks: list[Task], n_tasks: int, n_train_descs: int, train_frac: float, val_end: float, seed: int) -> None:
+    def __init__(self, tasks: list[Task], n_tasks: int, n_train_descs: int, train_frac: float, val_end: float, seed: int,
+                 weights: list[float] | None = None) -> None:
         self.tasks = tasks
         self.n_tasks = min(n_tasks, len(tasks))
         self.train = [t.split("train", train_frac, val_end) for t in tasks]
         self.descs = [t.descriptions[: max(1, min(n_train_descs, len(t.descriptions)))] for t in tasks]
         self.rng = random.Random(seed)
+        if weights is not None and len(weights) != len(tasks):
+            raise ValueError(f"{len(weights)} sampling weights for {len(tasks)} tasks")
+        self.weights = None if weights is None or all(w == 1.0 for w in weights) else list(weights)
+
+    def _pick(self) -> list[int]:
+        if self.weights is None:
+            return self.rng.sample(range(len(self.tasks)), self.n_tasks)
+        keys = [(self.rng.random() ** (1.0 / w) if w > 0 else -1.0, i) for i, w in enumerate(self.weights)]
+        return [i for _, i in sorted(keys, reverse=True)[: self.n_tasks]]
 
     def sample(self) -> list[tuple[int, dict[str, Any], str]]:
-        idx = self.rng.sample(range(len(self.tasks)), self.n_tasks)
+        idx = self._pick()
         return [(i, self.rng.choice(self.train[i]), self.rng.choice(self.descs[i])) for i in idx]
 
     def state(self) -> Any:

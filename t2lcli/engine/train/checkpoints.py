@@ -44,6 +44,7 @@ class TrainerCheckpoints:
     dropped: dict[str, str]
     too_long: int
     init_info: dict[str, Any] | None
+    label_tasks: list[str]
     data_info: dict[str, Any]
 
     def load_embedding_cache(self) -> None:
@@ -81,6 +82,7 @@ class TrainerCheckpoints:
             "heldout_tasks": [t.name for t in self.heldout],
             "data": self.data_info,
             "dropped_tasks": self.dropped,
+            "label_tasks": self.label_tasks,
             "examples_too_long": self.too_long,
             "n_train_descriptions_per_task": r.data.n_train_descs,
             "torch": torch.__version__,

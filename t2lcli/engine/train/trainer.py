@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from t2lcli.engine.data import HierarchicalSampler, answer_of, build_prompt
+from t2lcli.engine.data import HierarchicalSampler, answer_of, build_prompt, is_label_task
 from t2lcli.engine.train.batches import Tokenized, collate, data_fingerprint, prepare
 from t2lcli.engine.train.checkpoints import TrainerCheckpoints
 from t2lcli.engine.train.generators import fresh_lora, warm_start_adapter, warm_start_checkpoint
@@ -67,7 +67,12 @@ class Trainer(TrainerCheckpoints):
             from torch.nn.parallel import DistributedDataParallel
 
             self.ddp_net = DistributedDataParallel(self.net)
-        self.sampler = HierarchicalSampler(self.tasks, tr.n_tasks_per_step, r.data.n_train_descs, r.data.train_frac, r.data.val_end, tr.seed)
+        self.label_tasks = [t.name for t in self.tasks
+                            if is_label_task([answer_of(i) for i in t.split("train", r.data.train_frac, r.data.val_end)])]
+        labels = set(self.label_tasks)
+        weights = [r.data.label_task_weight if t.name in labels else 1.0 for t in self.tasks]
+        self.sampler = HierarchicalSampler(self.tasks, tr.n_tasks_per_step, r.data.n_train_descs, r.data.train_frac,
+                                           r.data.val_end, tr.seed, weights)
         if self.world > 1 and self.sampler.n_tasks % self.world:
             raise T2LError(f"train.n_tasks_per_step={tr.n_tasks_per_step} must be divisible by the {self.world} processes")
         self.encoder = encoder
