@@ -314,3 +314,30 @@ def test_a_weight_too_large_to_pack_is_not_measured_packed(monkeypatch: pytest.M
     with torch.no_grad():
         lin(torch.randn(24, 512))
     assert seen == [False] and lin.packed is None
+
+
+@pytest.mark.skipif("onednn" not in AVAILABLE, reason="no oneDNN in this torch build")
+def test_auto_packable_choice_does_not_depend_on_what_ran_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto` on a packable module: the bytes for a short input are the same in a fresh module and after a longer
+    input ran first (once packed, a weight runs oneDNN for every row count, so the choice must not be per rows; found
+    by `t2l serve --backend vllm`, whose second description's adapter id differed from `t2l generate`'s). The stand-in
+    `choose` picks by rows, as a machine's measurements may: torch below 8 rows, oneDNN from 8 up."""
+    picked: list[int] = []
+
+    def by_rows(rows: int, k: int, n: int, w: torch.Tensor, b: torch.Tensor | None, packable: bool = False) -> str:
+        picked.append(rows)
+        return "torch" if rows < 8 else "onednn"
+
+    monkeypatch.setattr(kernels, "choose", by_rows)
+    torch.manual_seed(0)
+    fresh, warm = kernels.KLinear(384, 1536), kernels.KLinear(384, 1536)
+    warm.load_state_dict(fresh.state_dict())
+    for m in (fresh, warm):
+        kernels.configure(m, "auto", "encoder", packable=True)
+    short, long_ = torch.randn(3, 384), torch.randn(40, 384)
+    with torch.no_grad():
+        alone = fresh(short)
+        warm(long_)
+        after = warm(short)
+    assert torch.equal(alone, after)
+    assert set(picked) == {kernels.PACK_ROWS}  # one choice per packable weight, at the packing row count

@@ -180,15 +180,20 @@ class KLinear(nn.Linear):
         return y.view(*x.shape[:-1], w.shape[0])
 
     def _choose(self, rows: int, w: torch.Tensor) -> str:
-        """`choose` for this module, remembered per (rows, threads): no key building or table lookup per call. Exact
-        rows, not the shape class: which kernel runs never depends on what the process ran before."""
+        """`choose` for this module, remembered per (rows, threads): no key building or table lookup per call. Which
+        kernel runs never depends on what the process ran before: a weight that may pack is chosen for once, at
+        PACK_ROWS rows, whatever the call's rows (once packed it runs oneDNN for every row count, so a per-rows choice
+        would make a short description's bytes depend on whether a longer one came first — `t2l serve` vs
+        `t2l generate`); otherwise per the call's exact rows."""
+        packable = self.packable and w.numel() * w.element_size() <= self.pack_max_bytes  # else not even measured packed
+        if packable:
+            rows = PACK_ROWS
         memo: dict[tuple[int, int], str] | None = self.__dict__.get("_choices")
         if memo is None or len(memo) > 256:
             memo = self.__dict__["_choices"] = {}
         key = (rows, torch.get_num_threads())
         kernel = memo.get(key)
         if kernel is None:
-            packable = self.packable and w.numel() * w.element_size() <= self.pack_max_bytes  # else not even measured packed
             kernel = memo[key] = choose(rows, w.shape[1], w.shape[0], w, self.bias, packable)
         return kernel
 
