@@ -104,26 +104,32 @@ def test_forced_kernel_reaches_every_linear(tiny_checkpoint_dir: Path) -> None:
     assert sum(c[0] in ("trunk", "heads") for c in calls) >= n_linear  # each trunk linear once per target module
 
 
-def test_auto_measures_once_and_caches_per_fingerprint(monkeypatch: pytest.MonkeyPatch) -> None:
+def _spy_measure(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """Empty the choice cache and record (rows, packed) of every real `kernels.measure` call."""
     monkeypatch.setattr(kernels, "_CHOICES", {})
-    measured: list[int] = []
+    seen: list[tuple[int, bool]] = []
     real = kernels.measure
 
-    def counting(rows: int, w: torch.Tensor, b: torch.Tensor | None, names: list[str] | None = None, packed: bool = False) -> dict[str, float]:
-        measured.append(rows)
+    def spy(rows: int, w: torch.Tensor, b: torch.Tensor | None, names: list[str] | None = None, packed: bool = False) -> dict[str, float]:
+        seen.append((rows, packed))
         return real(rows, w, b, names, packed)
 
-    monkeypatch.setattr(kernels, "measure", counting)
+    monkeypatch.setattr(kernels, "measure", spy)
+    return seen
+
+
+def test_auto_measures_once_and_caches_per_fingerprint(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _spy_measure(monkeypatch)
     w, b = torch.randn(512, 256) * 0.05, torch.randn(512)
     first = kernels.choose(30, 256, 512, w, b)
-    assert first in kernels.AUTO_KERNELS and measured == [32]  # rows rounded up to the shape class
-    assert kernels.choose(20, 256, 512, w, b) == first and measured == [32]  # same class: no new measurement
+    assert first in kernels.AUTO_KERNELS and [r for r, _ in calls] == [32]  # rows rounded up to the shape class
+    assert kernels.choose(20, 256, 512, w, b) == first and [r for r, _ in calls] == [32]  # same class: no new measurement
     data = json.loads(kernels.cache_path().read_text())
     entry = data["machines"][kernels._current_key()]  # the session's $T2L_HOME may hold other thread counts' entries too
     assert entry["fingerprint"]["threads"] == torch.get_num_threads() and entry["fingerprint"]["cpu"]
     assert entry["choices"]["32:256:512"]["kernel"] == first and set(entry["choices"]["32:256:512"]["ms"]) <= set(kernels.AUTO_KERNELS)
     monkeypatch.setattr(kernels, "_CHOICES", {})  # a new process: the choice comes from $T2L_HOME, not a new measurement
-    assert kernels.choose(30, 256, 512, w, b) == first and measured == [32]
+    assert kernels.choose(30, 256, 512, w, b) == first and [r for r, _ in calls] == [32]
     assert kernels.choose(4, 2, 2, w, b) == "torch"  # tiny GEMMs are never measured
 
 
@@ -299,21 +305,13 @@ def test_release_pages_only_for_an_unshared_tensor_in_a_file_mapping(tmp_path: P
 def test_a_weight_too_large_to_pack_is_not_measured_packed(monkeypatch: pytest.MonkeyPatch) -> None:
     """`auto` on a packable module times oneDNN packed only for weights it may pack (a packed copy for the measurement
     alone would be a second copy of, e.g., a 512 MiB head)."""
-    monkeypatch.setattr(kernels, "_CHOICES", {})
-    seen: list[bool] = []
-    real = kernels.measure
-
-    def spy(rows: int, w: torch.Tensor, b: torch.Tensor | None, names: list[str] | None = None, packed: bool = False) -> dict[str, float]:
-        seen.append(packed)
-        return real(rows, w, b, names, packed)
-
-    monkeypatch.setattr(kernels, "measure", spy)
+    calls = _spy_measure(monkeypatch)
     lin = kernels.KLinear(512, 1024)
     kernels.configure(lin, "auto", "heads", packable=True)
     lin.pack_max_bytes = lin.weight.numel() * lin.weight.element_size() - 1  # one byte too large
     with torch.no_grad():
         lin(torch.randn(24, 512))
-    assert seen == [False] and lin.packed is None
+    assert [p for _, p in calls] == [False] and lin.packed is None
 
 
 @pytest.mark.skipif("onednn" not in AVAILABLE, reason="no oneDNN in this torch build")
