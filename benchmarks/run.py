@@ -46,7 +46,7 @@ def fmt(v: float | None, unit: str = "", digits: int = 1) -> str:
 def markdown(reports: list[dict]) -> str:
     m = reports[0]["machine"]
     lines = [
-        f"Measured {reports[0]['date'][:10]} on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads, load average "
+        f"Measured {reports[0]['date'][:10]} on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads, OpenMP wait {m.get('omp_wait', '?')}, load average "
         f"{m['loadavg'][0] if m['loadavg'] else '?'} at start), torch {m['torch']}, GPU: {m['gpu'] or 'none'}; CPU profile, fp32 "
         "hypernetwork (text encoder dtype per row: the profile's `auto`), random weights of the official sizes. Latencies in ms (p50 / p95 / p99).",
         "",

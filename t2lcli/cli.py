@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from t2lcli import __version__, lighthelp
+from t2lcli import __version__, lighthelp, omp
 from t2lcli.console import error, set_verbosity
 
 lighthelp.install()  # help without rich.markdown / rich.traceback (unused here): a third of `t2l --help`
@@ -139,9 +139,9 @@ def _as_os_error(exc: BaseException) -> BaseException:
 
 def main() -> None:
     """Console-script entry point: run the app inside the one error boundary."""
-    # Idle OpenMP threads sleep instead of spinning: on a busy machine (shared CI, several jobs) spinning threads made
-    # a warm `t2l generate` ~10x slower (1000 ms vs 90 ms measured with `t2l bench`); set before torch is imported.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # How idle OpenMP threads wait (a bounded spin on a machine that is not oversubscribed, else sleep at once; a
+    # user's OMP_WAIT_POLICY / GOMP_SPINCOUNT wins): set before torch is imported. See t2lcli/omp.py.
+    omp.apply()
     try:
         rv = app(standalone_mode=False)
         if isinstance(rv, int) and rv:

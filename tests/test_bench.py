@@ -242,8 +242,10 @@ def test_bench_default_shapes_end_to_end(runner, cli_app) -> None:
     lb = r["baselines"]["load_base"]
     assert lb["extrapolated"] is False and lb["depths"] == [30] and lb["base_params"] == 134_515_008
     assert lb["ratio_vs_warm"] > 1
-    assert [t["name"] for t in r["targets"]] == ["warm p50 / floor", "warm p50", "cold t2l generate p50", "throughput at batch 64"]
+    assert [t["name"] for t in r["targets"]] == ["warm p50 / floor", "warm p50 / pass floor", "warm p50", "cold t2l generate p50",
+                                                 "throughput at batch 64"]
     assert r["targets"][0]["value"] == r["floor"]["total"]["ratio"] and r["targets"][0]["target"] == "<= 1.5"
+    assert r["targets"][1]["value"] == r["floor"]["total"]["pass_ratio"] and r["targets"][1]["target"] == "<= 1.5"
     assert r["config"]["hypernet_params"] == 8_630_208
 
 

@@ -9,7 +9,7 @@ def print_report(r: dict) -> None:
 
     out = console.out_console()
     m, c = r["machine"], r["config"]
-    out.print(f"[b]t2l bench[/b] {r['date']}  ·  {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads)  ·  "
+    out.print(f"[b]t2l bench[/b] {r['date']}  ·  {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads, OpenMP wait {m.get('omp_wait', '?')})  ·  "
               f"torch {m['torch']}  ·  GPU: {m['gpu'] or 'none'}  ·  load avg {m['loadavg']}")
     what = f"shapes {c['shapes']}" if c["shapes"] else f"checkpoint {c['checkpoint']}"
     out.print(f"{what}  ·  variant {c['variant']} {c['latent']}/{c['head_in']} ({c['hypernet_params'] / 1e6:.2f}M params)  ·  "

@@ -41,6 +41,14 @@ def torch_ops() -> Any:
     return torch.ops.mkldnn
 
 
+def _best(fn: Any) -> float:
+    """Best of up to 10 calls after a warm-up (fewer past 0.5 s): a floor is a minimum, and best-of-3 of a 20 us GEMM
+    moved the default shapes' encoder floor by 50% between runs on an idle machine."""
+    from t2lcli.engine import kernels
+
+    return kernels.time_gemm(fn, budget_s=0.5, reps=10)
+
+
 def _time_shape(rows: int, module: Any, names: list[str]) -> dict[str, float]:
     """Seconds per call of an [rows, K] x this module's weight GEMM, per kernel (best of a few; one run if slow)."""
     import torch
@@ -57,23 +65,23 @@ def _time_shape(rows: int, module: Any, names: list[str]) -> dict[str, float]:
             if w.dtype != torch.float32:  # a bf16 stage: torch's and oneDNN's bf16 GEMM on its own weight (plain and packed)
                 try:
                     if name in ("torch-bf16", "onednn-bf16"):
-                        out[name] = kernels.time_gemm(partial(kernels.gemm, x, w, b, name.split("-")[0]))
+                        out[name] = _best(partial(kernels.gemm, x, w, b, name.split("-")[0]))
                     elif name == "onednn-packed-bf16":
                         packed = torch_ops()._reorder_linear_weight(w, rows)
-                        out[name] = kernels.time_gemm(partial(_packed_linear, x, packed, b))
+                        out[name] = _best(partial(_packed_linear, x, packed, b))
                         del packed
                 except RuntimeError:  # a oneDNN build without bf16 on this CPU
                     pass
             elif name in kernels.KERNELS:
-                out[name] = kernels.time_gemm(partial(kernels.gemm, x, w, b, name))
+                out[name] = _best(partial(kernels.gemm, x, w, b, name))
             elif name == "onednn-packed":
                 packed = torch_ops()._reorder_linear_weight(w, rows)
-                out[name] = kernels.time_gemm(partial(_packed_linear, x, packed, b))
+                out[name] = _best(partial(_packed_linear, x, packed, b))
                 del packed
             elif name == "torch-bf16":
                 wb, xb = w.to(torch.bfloat16), x.to(torch.bfloat16)
                 bb = None if b is None else b.to(torch.bfloat16)
-                out[name] = kernels.time_gemm(partial(F.linear, xb, wb, bb))
+                out[name] = _best(partial(F.linear, xb, wb, bb))
                 del wb
     return out
 
@@ -195,7 +203,7 @@ def measure_floor(stages: dict[str, float], warm: dict[str, Any] | None, recorde
                         "fraction": None if not floor_rate else round(row["adapters_per_s"] / floor_rate, 6)})
     model, flags = kernels.cpu_model_and_flags()
     return {
-        "method": "the hot path's GEMM shapes (recorded), each timed with every fp32 kernel in this process (best of 3 after a warm-up); "
+        "method": "the hot path's GEMM shapes (recorded), each timed with every fp32 kernel in this process (best of up to 10 after a warm-up); "
                   "floor = the fastest per shape, summed as run; measured includes everything else a stage does; "
                   "bf16_floor_ms (native bf16 CPUs only): the same GEMMs in bf16, for reference (not fp32 results); "
                   "pass_floor_ms: the stage's GEMMs replayed in the pass's order, each weight read once (weights not cache-hot), "

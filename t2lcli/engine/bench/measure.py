@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from t2lcli import console
+from t2lcli import console, omp
 from t2lcli.engine.bench.request import DESCRIPTIONS, BenchRequest
 from t2lcli.engine.shapes import SHAPES_DIR, base_config, load_shape, shape_names  # noqa: F401  (re-exported)
 from t2lcli.errors import T2LError
@@ -59,6 +59,7 @@ def machine_info() -> dict[str, Any]:
         "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda else None, "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "python": platform.python_version(), "platform": platform.platform(terse=True), "loadavg": load,
+        "omp_wait": omp.describe(),
     }
 
 

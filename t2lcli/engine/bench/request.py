@@ -28,7 +28,7 @@ DESCRIPTIONS = [
 BENCH_SCHEMA = {
     "schema": "always 't2l-bench/1'",
     "t2l_version": "str", "date": "ISO-8601 UTC",
-    "machine": "cpu, cores, torch_threads, torch, cuda, gpu, python, platform, loadavg (1/5/15 min at start)",
+    "machine": "cpu, cores, torch_threads, torch, cuda, gpu, python, platform, loadavg (1/5/15 min at start), omp_wait (how idle OpenMP threads wait: t2lcli/omp.py)",
     "config": "shapes|checkpoint, variant, profile, base_model, encoder (+ encoder_note), hypernet_params, latent, head_in, r, "
               "target_modules, n_layers, device, dtype, encoder_dtype (as resolved), runs, cold_runs, batch",
     "stages_ms": "imports, checkpoint_load, encoder_load, embed, hypernet_forward, adapter_build, adapter_write (medians)",
