@@ -73,6 +73,12 @@ class TrainSection:
     contrastive_weight: float = 0.0
     contrastive_margin: float = 0.5
     contrastive_examples: int = 0  # 0 = every example of the step
+    # hinge: mean relu(margin - (wrong - own)) over the negatives; infonce: cross-entropy of the own adapter among own +
+    # negatives with logits -loss/temperature. Negatives: the adapters of the next contrastive_negatives examples'
+    # descriptions (other tasks: a step's tasks are distinct)
+    contrastive_loss: str = "hinge"
+    contrastive_negatives: int = 1
+    contrastive_temperature: float = 0.5
     init_from: str = ""  # warm start: a T2L checkpoint (sft) or a PEFT adapter (lora); fp32 master weights from it
 
 
@@ -264,6 +270,12 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
         problems.append(f"data.definition_frac must be between 0 and 1, got {recipe.data.definition_frac}")
     if not 0 <= recipe.data.label_task_weight <= 1:
         problems.append(f"data.label_task_weight must be between 0 and 1, got {recipe.data.label_task_weight}")
+    if recipe.train.contrastive_loss not in ("hinge", "infonce"):
+        problems.append(f"train.contrastive_loss must be hinge or infonce, got {recipe.train.contrastive_loss!r}")
+    if recipe.train.contrastive_negatives < 1:
+        problems.append(f"train.contrastive_negatives must be >= 1, got {recipe.train.contrastive_negatives}")
+    if not recipe.train.contrastive_temperature > 0:
+        problems.append(f"train.contrastive_temperature must be > 0, got {recipe.train.contrastive_temperature}")
     if recipe.train.contrastive_weight > 0 and recipe.mode == "recon":
         problems.append("train.contrastive_weight applies to sft training (recon distils fixed targets)")
     if problems:

@@ -88,6 +88,54 @@ def test_contrastive_gap_is_wrong_adapter_loss_minus_own(tiny_data, train_base_d
     assert float((wrong - own[:3]).abs().max()) > 0  # the adapters differ by description
 
 
+@pytest.mark.parametrize("loss", ["hinge", "infonce"])
+def test_contrastive_with_two_negatives(loss, tiny_data, train_base_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
+    """Two negatives per scored example (the next two examples' adapters, one forward for both): the hinge is the mean
+    over both, InfoNCE the cross-entropy of the own adapter among own + both, each checked against direct scoring."""
+    from t2lcli.engine.base_model import load_base_model
+    from t2lcli.engine.encoder import TextEncoder, encoder_spec_for
+    from t2lcli.engine.train import Trainer, collate
+    from t2lcli.hardware import ComponentSettings
+    from t2lcli.recipe import load_recipe
+
+    path = write_recipe(tmp_path / "r.yaml", tiny_data, train_base_dir, tiny_encoder_dir,
+                        **{**MIX, "train.contrastive_loss": loss, "train.contrastive_negatives": 2, "train.contrastive_margin": 100.0,
+                           "train.contrastive_temperature": 0.25})
+    recipe = load_recipe(str(path))
+    model, tok = load_base_model(str(train_base_dir), ComponentSettings(device="cpu", dtype="float32", attn_implementation="sdpa"))
+    tr = Trainer(recipe, tmp_path / "o", model, tok, TextEncoder(encoder_spec_for(str(tiny_encoder_dir))))
+    picks = tr.sampler.sample()
+    n = len(picks)
+    batch = collate([tr._encoded_for(i, inst, "input") for i, inst, _ in picks], tr.pad_id)
+    emb = tr.embed([d for *_, d in picks])
+    tr.net.eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in tr.net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        _, _, extra = tr._forward_loss(batch, emb, train=False, contrast=3)
+        own = tr._scored(tr.net(emb), batch, train=False)[:3]
+        sub = {k: v[:3] for k, v in batch.items()}
+        wrong = torch.stack([tr._scored(tr.net(emb[[(j + o) % n for j in range(3)]]), sub, train=False) for o in (1, 2)], 1)
+    scale = float(torch.cat([wrong.flatten(), own]).abs().max())
+    assert_rel_error(abs(float(extra["gap"]) - float((wrong - own[:, None]).mean())) / scale, depth=2, msg="gap")
+    if loss == "hinge":
+        want = (100.0 - (wrong - own[:, None])).mean()
+    else:
+        want = torch.nn.functional.cross_entropy(-torch.cat([own[:, None], wrong], 1) / 0.25, torch.zeros(3, dtype=torch.long))
+    assert_rel_error(abs(float(extra["hinge"]) - float(want)) / max(1.0, abs(float(want)), scale / 0.25), depth=2, msg=loss)
+
+
+def test_contrastive_options_are_checked(tiny_data, train_base_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
+    from t2lcli.errors import ConfigError
+    from t2lcli.recipe import load_recipe
+
+    for key, bad in (("train.contrastive_loss", "triplet"), ("train.contrastive_negatives", 0), ("train.contrastive_temperature", 0.0)):
+        path = write_recipe(tmp_path / "r.yaml", tiny_data, train_base_dir, tiny_encoder_dir, **{**MIX, key: bad})
+        with pytest.raises(ConfigError, match=key.split(".")[1]):
+            load_recipe(str(path))
+
+
 def test_warm_start_continues_a_checkpoint_and_an_adapter(runner, cli_app, tiny_data, train_base_dir, tiny_encoder_dir, tmp_path):  # noqa: F811
     from safetensors.torch import load_file
 

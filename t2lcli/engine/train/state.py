@@ -65,7 +65,8 @@ def recipe_fingerprint(recipe: Recipe) -> str:
         d["train"].pop("distributed")
     for section, key, default in (("train", "contrastive_weight", 0.0), ("train", "contrastive_margin", 0.5),
                                   ("train", "contrastive_examples", 0), ("train", "init_from", ""), ("data", "definition_frac", 0.5),
-                                  ("data", "label_task_weight", 1.0)):
+                                  ("data", "label_task_weight", 1.0), ("train", "contrastive_loss", "hinge"),
+                                  ("train", "contrastive_negatives", 1), ("train", "contrastive_temperature", 0.5)):
         if d[section].get(key) == default:  # options added later: at their defaults, earlier runs still resume
             d[section].pop(key)
     d.pop("log", None)

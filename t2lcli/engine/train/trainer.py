@@ -115,9 +115,11 @@ class Trainer(TrainerCheckpoints):
 
     def _forward_loss(self, batch: dict[str, torch.Tensor], emb: torch.Tensor, train: bool,
                       contrast: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Mean answer loss, L2 of the generated factors, and (contrast > 0) the description-contrastive terms of the
-        first `contrast` examples: each scored again under the adapter generated for the next example's description
-        (another task: the step's tasks are distinct), with hinge = relu(margin - (wrong - own)) per example."""
+        """Mean answer loss, L2 of the generated factors, and (contrast > 0) the description-contrastive term of the
+        first `contrast` examples: each scored again under the adapters generated for the next `contrastive_negatives`
+        examples' descriptions (other tasks: the step's tasks are distinct; one forward for all of them), then hinge =
+        mean relu(margin - (wrong - own)) or infonce = cross-entropy of the own adapter among own + wrong with logits
+        -loss / temperature. `gap`: the mean wrong-minus-own loss."""
         tr = self.recipe.train
         net = self.ddp_net if train else self.net
         use_bf16 = tr.bf16 and self.device == "cpu" or (tr.bf16 and self.device.startswith("cuda"))
@@ -132,11 +134,18 @@ class Trainer(TrainerCheckpoints):
             n = per_own.shape[0]
             k = min(contrast, n) if n > 1 else 0
             if k:
-                wrong = torch.tensor([(j + 1) % n for j in range(k)], device=per_own.device)
+                negs = max(1, min(tr.contrastive_negatives, n - 1))
+                wrong = torch.tensor([(j + o) % n for o in range(1, negs + 1) for j in range(k)], device=per_own.device)
                 fac_wrong = {m: (a[wrong], b[wrong]) for m, (a, b) in factors.items()}
-                per_wrong = self._scored(fac_wrong, {key: v[:k] for key, v in batch.items()}, train)
-                gap = per_wrong - per_own[:k]
-                extra = {"hinge": torch.relu(tr.contrastive_margin - gap).mean(), "gap": gap.detach().mean()}
+                sub = {key: v[:k].repeat(negs, *([1] * (v.dim() - 1))) for key, v in batch.items()}
+                per_wrong = self._scored(fac_wrong, sub, train).view(negs, k).t()  # [k, negs]
+                gap = per_wrong - per_own[:k, None]
+                if tr.contrastive_loss == "infonce":
+                    logits = -torch.cat([per_own[:k, None], per_wrong], dim=1) / tr.contrastive_temperature
+                    term = torch.nn.functional.cross_entropy(logits, torch.zeros(k, dtype=torch.long, device=logits.device))
+                else:
+                    term = torch.relu(tr.contrastive_margin - gap).mean()
+                extra = {"hinge": term, "gap": gap.detach().mean()}
         return per_own.mean(), l2, extra
 
     def _scored(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], batch: dict[str, torch.Tensor], train: bool) -> torch.Tensor:
