@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -158,11 +159,17 @@ def _rendered(printer, doc: dict, capsys: pytest.CaptureFixture[str]) -> str:
     from t2lcli import console
 
     console._state.pop("out", None)
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "250"  # wide enough for any figure: on a loaded machine 4-digit ratios made 80 columns wrap cells
     try:
         printer(doc)
         return capsys.readouterr().out
     finally:
         console._state.pop("out", None)
+        if old is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old
 
 
 def _row(text: str, label: str) -> str:

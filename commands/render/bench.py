@@ -85,7 +85,8 @@ def print_floor(f: dict | None) -> None:
     t = Table(title=f"measured / floor (ms, fp32 unless noted; kernel policy {f['policy']}; {f['cpu']}: {' '.join(f['flags']) or 'no AVX2'})",
               title_justify="left")
     for col in ("stage", "ms", "floor", "ratio", "GFLOP", "kernel: GEMMs", "floor kernel", "bf16 floor"):
-        t.add_column(col, justify="left" if col in ("stage", "kernel: GEMMs", "floor kernel") else "right")
+        text_col = col in ("stage", "kernel: GEMMs", "floor kernel")  # numbers never wrap (a busy machine's 4-digit ratios did)
+        t.add_column(col, justify="left" if text_col else "right", no_wrap=not text_col)
     for row in f["stages"]:
         bf = row.get("bf16_floor_ms")
         t.add_row(row["stage"] + ("" if row["dtype"] == "float32" else f" ({row['dtype']})"), f"{row['measured_ms']:.2f}", f"{row['floor_ms']:.2f}", f"{row['ratio']:.2f}x" if row["ratio"] else "-",
