@@ -104,15 +104,19 @@ def test_forced_kernel_reaches_every_linear(tiny_checkpoint_dir: Path) -> None:
     assert sum(c[0] in ("trunk", "heads") for c in calls) >= n_linear  # each trunk linear once per target module
 
 
-def _spy_measure(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
-    """Empty the choice cache and record (rows, packed) of every real `kernels.measure` call."""
+def _spy_measure(monkeypatch: pytest.MonkeyPatch, parts: list[int] | None = None) -> list[tuple[int, bool]]:
+    """Empty the choice cache and record (rows, packed) of every real `kernels.measure` call (and, into `parts`, the
+    rows per packed part it was given)."""
     monkeypatch.setattr(kernels, "_CHOICES", {})
     seen: list[tuple[int, bool]] = []
     real = kernels.measure
 
-    def spy(rows: int, w: torch.Tensor, b: torch.Tensor | None, names: list[str] | None = None, packed: bool = False) -> dict[str, float]:
+    def spy(rows: int, w: torch.Tensor, b: torch.Tensor | None, names: list[str] | None = None, packed: bool = False,
+            rows_per_part: int = 1 << 62) -> dict[str, float]:
         seen.append((rows, packed))
-        return real(rows, w, b, names, packed)
+        if parts is not None:
+            parts.append(rows_per_part)
+        return real(rows, w, b, names, packed, rows_per_part)
 
     monkeypatch.setattr(kernels, "measure", spy)
     return seen
@@ -302,16 +306,100 @@ def test_release_pages_only_for_an_unshared_tensor_in_a_file_mapping(tmp_path: P
     assert torch.equal(got["a"], want["a"]) and torch.equal(lin.bias, want["bias"])  # the neighbours' pages are theirs
 
 
-def test_a_weight_too_large_to_pack_is_not_measured_packed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`auto` on a packable module times oneDNN packed only for weights it may pack (a packed copy for the measurement
-    alone would be a second copy of, e.g., a 512 MiB head)."""
-    calls = _spy_measure(monkeypatch)
+def test_a_weight_over_the_cap_is_measured_on_one_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto` on a packable module times a weight that would pack in parts on its first part (every kernel alike), not
+    on a packed copy of the whole (that copy would be a second copy of, e.g., a 512 MiB head)."""
+    parts: list[int] = []
+    calls = _spy_measure(monkeypatch, parts)
     lin = kernels.KLinear(512, 1024)
     kernels.configure(lin, "auto", "heads", packable=True)
-    lin.pack_max_bytes = lin.weight.numel() * lin.weight.element_size() - 1  # one byte too large
+    lin.pack_max_bytes = 256 * 512 * 4  # 256 rows per part
     with torch.no_grad():
         lin(torch.randn(24, 512))
-    assert [p for _, p in calls] == [False] and lin.packed is None
+    assert calls == [(kernels.PACK_ROWS, True)] and parts == [256]
+    entry = json.loads(kernels.cache_path().read_text())["machines"][kernels._current_key()]
+    assert "32:512:1024:packed/256" in entry["choices"]
+
+
+def test_part_rows() -> None:
+    assert kernels.part_rows(1024, 512, 4, 1024 * 512 * 4) == 1024  # fits whole
+    assert kernels.part_rows(1024, 512, 4, 256 * 512 * 4) == 256
+    assert kernels.part_rows(1024, 512, 4, 300 * 512 * 4) == 256  # a multiple of 64
+    assert kernels.part_rows(65536, 2048, 4, 1) == 64  # at least 64
+
+
+@pytest.mark.skipif("onednn" not in AVAILABLE, reason="no oneDNN in this torch build")
+@pytest.mark.parametrize("n", [1024, 1000])
+def test_a_weight_packed_in_parts_gives_one_gemm_numbers_and_keeps_one_copy(n: int) -> None:
+    """A weight over `pack_max_bytes` packs in parts of output rows (the last one shorter when they do not divide):
+    the outputs agree with one GEMM on the plain weight within fp32 rounding, `weight` is a meta tensor, the plain
+    weight and the state dict come back, the same input gives the same bytes, autograd unpacks; bench records one call
+    of the full shape."""
+    torch.manual_seed(0)
+    lin = kernels.KLinear(512, n)
+    plain, bias = lin.weight.detach().clone(), lin.bias.detach().clone()
+    kernels.configure(lin, "onednn", "heads", packable=True)
+    lin.pack_max_bytes = 256 * 512 * 4
+    with torch.no_grad():
+        xs = [torch.randn(m, 512) for m in (1, 13, 32)]
+        with kernels.record() as calls:
+            got = [lin(x) for x in xs]
+        assert lin.packed is None and lin.parts is not None and len(lin.parts) == -(-n // 256) and lin.weight.is_meta
+        assert [end for end, _, _ in lin.parts][-1] == n
+        for x, g in zip(xs, got, strict=True):
+            assert g.shape == (x.shape[0], n)
+            # depth 2: a 512-term dot product summed in another order (MKL's F.linear vs oneDNN's blocks) measured
+            # 1.06e-6 of the largest output on a Zen 4 EPYC; a wrong part or bias is off by >= 1e-3
+            assert_close(g, F.linear(x, plain, bias), depth=2)
+            assert_close(g, kernels.gemm(x, plain, bias, "onednn"), depth=2)
+        assert torch.equal(lin(xs[1]), got[1])  # the same parts, the same bytes
+        assert [(c[1], c[2], c[3], c[4]) for c in calls] == [(m, 512, n, f"onednn-packed/{len(lin.parts)}") for m in (1, 13, 32)]
+        assert torch.equal(lin.dense_weight(), plain) and torch.equal(lin.state_dict()["weight"], plain)
+        assert torch.equal(lin.state_dict()["bias"], bias)
+    out = lin(xs[2])  # autograd on: the plain weight again
+    assert lin.parts is None and not lin.weight.is_meta and torch.equal(lin.weight.detach(), plain)
+    out.sum().backward()
+    assert lin.weight.grad is not None
+
+
+@pytest.mark.skipif("onednn" not in AVAILABLE, reason="no oneDNN in this torch build")
+def test_a_weight_that_packs_in_parts_packs_at_its_second_call() -> None:
+    """Packing in parts faults in a fresh copy of the weight, more than one call gains: the first call of 2+ rows runs
+    oneDNN on the plain weight, the second packs; a weight that fits packs at its first call; the numbers agree."""
+    torch.manual_seed(0)
+    big, small = kernels.KLinear(512, 1024), kernels.KLinear(512, 256)
+    for lin in (big, small):
+        kernels.configure(lin, "onednn", "heads", packable=True)
+        lin.pack_max_bytes = 256 * 512 * 4
+    x = torch.randn(26, 512)
+    with torch.no_grad(), kernels.record() as calls:
+        first = big(x)
+        assert big.parts is None and big.packed is None and not big.weight.is_meta
+        second = big(x)
+        assert big.parts is not None and big.weight.is_meta
+        small(x)
+        assert small.packed is not None
+    assert [c[4] for c in calls] == ["onednn", "onednn-packed/4", "onednn-packed"]
+    assert_close(second, first, depth=2)
+
+
+@pytest.mark.skipif("onednn" not in AVAILABLE, reason="no oneDNN in this torch build")
+def test_parts_replay_in_the_pass_floor() -> None:
+    """The bench's pass floor replays each packed part of a weight packed in parts (its plain weight is gone)."""
+    from t2lcli.engine.bench.floor import _pass_floor, _stage_floor
+
+    torch.manual_seed(0)
+    lin = kernels.KLinear(512, 1024)
+    kernels.configure(lin, "onednn", "heads", packable=True)
+    lin.pack_max_bytes = 256 * 512 * 4
+    with torch.no_grad():
+        lin(torch.randn(16, 512))  # the first call of 2+ rows: the plain weight
+        with kernels.record() as calls:
+            lin(torch.randn(16, 512))
+    memo: dict[tuple[int, int, int, str], dict[str, float]] = {}
+    per = _stage_floor(calls, ["torch", "onednn", "onednn-packed"], memo)
+    assert per["heads"]["gemms"] == 1 and per["heads"]["kernels"] == {"onednn-packed/4": 1} and per["heads"]["floor_ms"] > 0
+    assert _pass_floor(calls, memo)["heads"] > 0
 
 
 @pytest.mark.skipif("onednn" not in AVAILABLE, reason="no oneDNN in this torch build")
@@ -322,7 +410,7 @@ def test_auto_packable_choice_does_not_depend_on_what_ran_before(monkeypatch: py
     `choose` picks by rows, as a machine's measurements may: torch below 8 rows, oneDNN from 8 up."""
     picked: list[int] = []
 
-    def by_rows(rows: int, k: int, n: int, w: torch.Tensor, b: torch.Tensor | None, packable: bool = False) -> str:
+    def by_rows(rows: int, k: int, n: int, w: torch.Tensor, b: torch.Tensor | None, packable: bool = False, rows_per_part: int = 1 << 62) -> str:
         picked.append(rows)
         return "torch" if rows < 8 else "onednn"
 

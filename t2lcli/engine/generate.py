@@ -107,6 +107,13 @@ class Generator:
                 configure(self._encoder.model, self.kernel, "encoder", packable=True)  # inference only: may pack in place
         return self._encoder
 
+    def warm_up(self) -> None:
+        """Load the encoder and run the hypernetwork twice, so that a long-lived process's first requests pay neither
+        the encoder load nor packing the heads (`kernels.KLinear._pack_now`)."""
+        emb = self.embed(["warm up"])
+        self.factors(emb)
+        self.factors(emb)
+
     def embed(self, descriptions: list[str], checked: bool = False) -> torch.Tensor:
         """Descriptions -> embeddings [n, dim] (timed into `timings.embed_s`); `checked`: they passed the rule already."""
         t0 = time.perf_counter()

@@ -18,8 +18,9 @@ bf16 is never chosen here (it changes results beyond fp32 tolerance); a module a
 
 Packing: a module configured `packable` (what a `Generator` runs: the text encoder and the hypernetwork) whose linear
 runs oneDNN has its weight reordered once into oneDNN's blocked layout *in place* (`KLinear.pack`: the plain weight is
-dropped, one copy stays, `release_pages`; a weight over 1/PACK_SHARE of its module's bytes stays plain, so the peak RSS
-does not grow by more than that one weight). oneDNN then skips reordering the weight on every call: on an Intel AMX
+dropped, one copy stays, `release_pages`). A weight over 1/PACK_SHARE of its module's bytes (the hypernetwork's heads)
+packs in parts of output rows, each at most that large, whose plain pages go back part by part: the peak RSS grows by
+one part at most, and the outputs are the parts' side by side (the same dot products). oneDNN then skips reordering the weight on every call: on an Intel AMX
 Xeon 1.3-1.5x faster in fp32 and up to 2x in bf16 for a short description's rows, with the same bytes as oneDNN on
 the plain weight there for 2+ rows (within fp32 rounding on any CPU: tests/test_kernels.py).
 `auto` times a packable module's oneDNN candidate packed. Anything that needs the plain weight (state_dict, .to(),
@@ -36,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -67,9 +68,10 @@ def available() -> list[str]:
     return out
 
 
-# Packing holds both layouts of one weight for a moment, which is what a process's peak RSS sees; so a module packs
-# only weights up to 1/PACK_SHARE of its own parameter bytes (at least PACK_MIN_BYTES): the peak grows by under ~1%.
-# What stays plain: the hypernetwork heads (19 MiB of a 34 MiB default net; the Llama-8B heads are compute-bound anyway)
+# Packing holds both layouts of one weight (or part) for a moment, which is what a process's peak RSS sees; so a module
+# packs whole only weights up to 1/PACK_SHARE of its own parameter bytes (at least PACK_MIN_BYTES), larger ones in parts
+# of that size: the peak grows by under ~6%. In parts: the hypernetwork heads (19 MiB of a 34 MiB default net; the
+# Llama-8B shapes' 512 MiB q head: on a Zen 4 EPYC oneDNN packed ran it 1.2x faster than on the plain weight)
 PACK_SHARE = 16
 PACK_MIN_BYTES = 4 << 20
 PACK_ROWS = 32  # the row count oneDNN's packed layout is chosen for (the layout barely depends on it; results do not)
@@ -88,15 +90,26 @@ def release_pages(t: torch.Tensor) -> bool:
     Llama-8B shapes' bf16 encoder raised a cold `t2l generate`'s peak RSS by 100-280 MiB. Only when nothing else uses
     the tensor's storage (its contents are never read again); pages shared with a neighbour are kept. Linux only;
     returns whether pages were released."""
+    if t.device.type != "cpu" or not _unshared(t):
+        return False
+    return _dontneed(t.data_ptr(), t.numel() * t.element_size())
+
+
+def _unshared(t: torch.Tensor) -> bool:
+    """Nothing but `t` holds its storage (2: the tensor's own reference and this call's storage object)."""
+    return bool(torch._C._storage_Use_Count(t.untyped_storage()._cdata) <= 2)
+
+
+def _dontneed(start: int, nbytes: int) -> bool:
+    """MADV_DONTNEED on the whole pages inside [start, start + nbytes) (Linux only): their contents are gone."""
     import ctypes
     import mmap
     import sys
 
-    if sys.platform != "linux" or t.device.type != "cpu" or torch._C._storage_Use_Count(t.untyped_storage()._cdata) > 2:
-        return False  # 2: the tensor's own reference and this call's storage object
+    if sys.platform != "linux":
+        return False
     page = mmap.PAGESIZE
-    start = t.data_ptr()
-    lo, hi = -(-start // page) * page, (start + t.numel() * t.element_size()) // page * page
+    lo, hi = -(-start // page) * page, (start + nbytes) // page * page
     if hi - lo < page:
         return False
     try:
@@ -104,6 +117,14 @@ def release_pages(t: torch.Tensor) -> bool:
         return int(libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)) == 0  # MADV_DONTNEED
     except (OSError, AttributeError):
         return False
+
+
+def part_rows(n: int, k: int, element_size: int, cap: int) -> int:
+    """Output rows per packed part of an [n, k] weight whose parts may hold at most `cap` bytes each: n when the whole
+    weight fits, else a multiple of 64 rows (at least 64) that fits."""
+    if n * k * element_size <= cap:
+        return n
+    return max(64, cap // (k * element_size) // 64 * 64)
 
 
 def gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, kernel: str) -> torch.Tensor:
@@ -144,10 +165,14 @@ class KLinear(nn.Linear):
     packable = False  # may its weight be packed in place when it runs oneDNN (`configure(..., packable=True)`)
     pack_max_bytes = 0  # ... if it is at most this large (configure: PACK_SHARE, PACK_MIN_BYTES)
     packed: torch.Tensor | None = None  # the weight in oneDNN's layout once packed (`weight` is then a meta tensor)
+    # a weight over pack_max_bytes packs in parts of output rows instead: (end row, packed part, its bias) each
+    parts: list[tuple[int, torch.Tensor, torch.Tensor | None]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and (torch.is_grad_enabled() or x.device.type != "cpu"):
+        if (self.packed is not None or self.parts is not None) and (torch.is_grad_enabled() or x.device.type != "cpu"):
             self.unpack()  # autograd or another device: the plain weight again
+        if self.parts is not None:
+            return self._forward_parts(x)
         w = self.weight if self.packed is None else self.packed
         if self.packed is None and ((self.policy == "torch" and _TIMING is None) or torch.is_grad_enabled() or x.device.type != "cpu"):
             return F.linear(x, w, self.bias)
@@ -168,9 +193,11 @@ class KLinear(nn.Linear):
             return F.linear(x, w, self.bias)
         else:
             kernel, label = "torch", f"-{str(w.dtype).removeprefix('torch.')}"
-        if kernel == "onednn" and self.packable and self.packed is None and w.numel() * w.element_size() <= self.pack_max_bytes:
-            w = self.pack()
-            label = "-packed" + label
+        if kernel == "onednn" and self.packable and self.packed is None and self._pack_now(x2.shape[0], w):
+            self.pack()
+            if self.parts is not None:
+                return self._forward_parts(x)
+            w, label = cast(torch.Tensor, self.packed), "-packed" + label
         if _TIMING is None:
             y = gemm(x2, w, self.bias, kernel)
         else:
@@ -185,7 +212,7 @@ class KLinear(nn.Linear):
         PACK_ROWS rows, whatever the call's rows (once packed it runs oneDNN for every row count, so a per-rows choice
         would make a short description's bytes depend on whether a longer one came first — `t2l serve` vs
         `t2l generate`); otherwise per the call's exact rows."""
-        packable = self.packable and w.numel() * w.element_size() <= self.pack_max_bytes  # else not even measured packed
+        packable = self.packable
         if packable:
             rows = PACK_ROWS
         memo: dict[tuple[int, int], str] | None = self.__dict__.get("_choices")
@@ -194,35 +221,83 @@ class KLinear(nn.Linear):
         key = (rows, torch.get_num_threads())
         kernel = memo.get(key)
         if kernel is None:
-            kernel = memo[key] = choose(rows, w.shape[1], w.shape[0], w, self.bias, packable)
+            kernel = memo[key] = choose(rows, w.shape[1], w.shape[0], w, self.bias, packable, self._part_rows())
         return kernel
 
-    def pack(self) -> torch.Tensor:
-        """Reorder the weight into oneDNN's layout in place: `packed` holds it, `weight` becomes a meta tensor of the
+    def _pack_now(self, rows: int, w: torch.Tensor) -> bool:
+        """Pack at this call? A weight that fits packs at its first call. One that packs in parts (a head: packing
+        faults in a fresh copy of hundreds of MiB, ~0.7-0.9 s for the Llama-8B shapes' heads on a Zen 4 EPYC, more than
+        a one-shot `t2l generate` gains) runs its first call of 2+ rows on the plain weight and packs at the second, so
+        only a process that generates again pays for it (`Generator.warm_up` does, for a server). oneDNN gives the same
+        bytes on the plain weight as packed, whole or in parts, for 2+ rows (measured on an Intel AMX Xeon and a Zen 4
+        EPYC; a head's rows are layers x descriptions); a 1-row call packs at once."""
+        if self._part_rows() >= w.shape[0] or rows < 2 or self.__dict__.get("_ran_plain"):
+            return True
+        self.__dict__["_ran_plain"] = True
+        return False
+
+    def _part_rows(self) -> int:
+        n, k = self.weight.shape
+        return part_rows(n, k, self.weight.element_size(), self.pack_max_bytes)
+
+    def _forward_parts(self, x: torch.Tensor) -> torch.Tensor:
+        """oneDNN on each packed part, the outputs side by side (the same sums as one GEMM: each output column is
+        its own dot product over K)."""
+        parts = cast(list[tuple[int, torch.Tensor, torch.Tensor | None]], self.parts)
+        k = x.shape[-1]
+        x2 = x.reshape(-1, k).contiguous()
+        t0 = time.perf_counter()
+        y = torch.cat([torch.ops.mkldnn._linear_pointwise(x2, p, b, "none", [], "") for _, p, b in parts], dim=1)
+        if _TIMING is not None:
+            label = f"onednn-packed{_dtype_label(self.weight.dtype)}/{len(parts)}"
+            _TIMING.append((self.stage, x2.shape[0], k, y.shape[1], label, time.perf_counter() - t0, self))
+        return y.view(*x.shape[:-1], y.shape[1])
+
+    def pack(self) -> torch.Tensor | None:
+        """Reorder the weight into oneDNN's layout in place: `packed` holds it (returned), or, for a weight over
+        `pack_max_bytes`, `parts` (None returned); `weight` becomes a meta tensor of the
         same shape, dtype and requires_grad (no second copy is kept). Whatever needs the plain weight gets it back:
         `state_dict()` (the plain values), `load_state_dict`, `.to()`/any `_apply`, a forward with autograd on or off
         the CPU (`unpack`); `dense_weight()` gives a plain copy."""
-        if self.packed is None:
+        if self.packed is None and self.parts is None:
             w = self.weight
-            self.packed = pack_weight(w)
+            n, k = w.shape
+            rows = self._part_rows()
+            if rows >= n:
+                self.packed = pack_weight(w)
+            else:  # in parts: each part's plain pages go back as soon as it is packed, so the peak holds one part twice
+                release = w.device.type == "cpu" and _unshared(w)
+                parts: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
+                with torch.no_grad():
+                    for start in range(0, n, rows):
+                        end = min(n, start + rows)
+                        part = w[start:end]
+                        parts.append((end, pack_weight(part), None if self.bias is None else self.bias[start:end].detach().clone()))
+                        if release:
+                            _dontneed(part.data_ptr(), part.numel() * part.element_size())
+                        del part
+                self.parts = parts
             release_pages(w)
             self.weight = nn.Parameter(torch.empty(w.shape, dtype=w.dtype, device="meta"), requires_grad=w.requires_grad)
         return self.packed
 
     def unpack(self) -> None:
         """The plain weight again (a new Parameter with the same values); no-op when not packed."""
-        if self.packed is not None:
-            dense, self.packed = self.packed.to_dense(), None
+        if self.packed is not None or self.parts is not None:
+            dense = self.dense_weight()
+            self.packed = self.parts = None
             self.weight = nn.Parameter(dense, requires_grad=self.weight.requires_grad)
 
     def dense_weight(self) -> torch.Tensor:
         """The plain [out, in] weight (a new tensor when packed)."""
+        if self.parts is not None:
+            return torch.cat([p.to_dense() for _, p, _ in self.parts], dim=0)
         return self.weight.detach() if self.packed is None else self.packed.to_dense()
 
     def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.packed is not None:
-            destination[prefix + "weight"] = self.packed.to_dense()
+        if self.packed is not None or self.parts is not None:
+            destination[prefix + "weight"] = self.dense_weight()
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self.unpack()
@@ -366,10 +441,16 @@ def time_gemm(fn: Callable[[], Any], budget_s: float = 0.3, reps: int = 3) -> fl
     return best
 
 
-def measure(rows: int, w: torch.Tensor, b: torch.Tensor | None, kernels: list[str] | None = None, packed: bool = False) -> dict[str, float]:
+def measure(rows: int, w: torch.Tensor, b: torch.Tensor | None, kernels: list[str] | None = None, packed: bool = False,
+            rows_per_part: int = 1 << 62) -> dict[str, float]:
     """Seconds per call of each kernel for a [rows, K] input on this weight (rows capped at MEASURE_FLOPS); `packed`:
-    oneDNN is timed on a packed copy of the weight (freed on return), as a packable module would run it."""
+    oneDNN is timed on a packed copy of the weight (freed on return), as a packable module would run it; a weight
+    packed in parts of `rows_per_part` output rows is timed on its first part alone, every kernel alike (a packed copy
+    of the whole, e.g. a 512 MiB head, would be the second copy packing in parts avoids)."""
     n, k = w.shape
+    if packed and rows_per_part < n:  # a weight packed in parts: every candidate timed on the first part's rows
+        w, b = w[:rows_per_part], None if b is None else b[:rows_per_part]
+        n = rows_per_part
     rows = max(1, min(rows, max(8, int(MEASURE_FLOPS / (2 * k * n)))))
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(0)).to(w.dtype)
     names = kernels or available()
@@ -384,18 +465,21 @@ def measure(rows: int, w: torch.Tensor, b: torch.Tensor | None, kernels: list[st
     return best
 
 
-def choose(rows: int, k: int, n: int, w: torch.Tensor, b: torch.Tensor | None, packable: bool = False) -> str:
+def choose(rows: int, k: int, n: int, w: torch.Tensor, b: torch.Tensor | None, packable: bool = False,
+           rows_per_part: int = 1 << 62) -> str:
     """The kernel for an [rows, k] x [k, n] GEMM on this machine (measured once per shape class, then cached);
-    `packable`: oneDNN is measured (and would run) on a packed weight, a shape class of its own."""
+    `packable`: oneDNN is measured (and would run) on a packed weight, a shape class of its own; packed in parts of
+    `rows_per_part` output rows (under n), one more."""
     if 2 * rows * k * n < SMALL_FLOPS:
         return "torch"
     key = _current_key()
     table = _table(key)
     shape = f"{bucket(rows)}:{k}:{n}" + ("" if w.dtype == torch.float32 else f":{str(w.dtype).removeprefix('torch.')}")
-    shape += ":packed" if packable else ""
+    shape += (":packed" + (f"/{rows_per_part}" if rows_per_part < n else "")) if packable else ""
     kernel = table.get(shape)
     if kernel is None:
-        times = measure(bucket(rows), w, b, [name for name in AUTO_KERNELS if name in available()], packed=packable)
+        times = measure(bucket(rows), w, b, [name for name in AUTO_KERNELS if name in available()], packed=packable,
+                        rows_per_part=rows_per_part)
         kernel = min(times, key=lambda name: times[name])
         table[shape] = kernel
         _save_choice(key, shape, kernel, times)

@@ -114,7 +114,7 @@ def _pass_floor(calls: list[Any], memo: dict[tuple[int, int, int, str], dict[str
     """Per stage: its recorded GEMMs replayed back to back in the pass's order (each weight read once, as a forward
     pass reads it), best of up to `reps` (at least 3; fewer once `budget_s` is spent: a busy machine's bursts hit a
     few), each with the fastest kernel (from `memo`) that runs on the module's weight as it is: packed -> oneDNN on
-    it; plain -> the fastest of torch/oneDNN/OpenBLAS (no second copy of any weight).
+    it (in parts: each part); plain -> the fastest of torch/oneDNN/OpenBLAS (no second copy of any weight).
 
     The per-shape floor times one GEMM again and again, so a weight that fits the core's cache is timed hot; a pass
     reads each weight once, from L3 or memory. On MiniLM (36 GEMMs, 42 MB of weights, 13 rows) the replay took ~1.7x
@@ -126,16 +126,20 @@ def _pass_floor(calls: list[Any], memo: dict[tuple[int, int, int, str], dict[str
     plan: dict[str, list[tuple[Any, Any, Any, str]]] = {}
     gen = torch.Generator().manual_seed(0)
     for stage, m, k, n, _kernel, _secs, module in calls:
-        w = module.packed if getattr(module, "packed", None) is not None else module.weight.detach()
         dtype = str(module.weight.dtype).removeprefix("torch.")
         times = memo[(m, k, n, dtype)]
+        x = torch.randn(m, k, generator=gen).to(module.weight.dtype)
+        if getattr(module, "parts", None) is not None:  # packed in parts: oneDNN on each part (the outputs' join is not a GEMM)
+            plan.setdefault(stage or "other", []).extend((x, p, pb, "onednn") for _, p, pb in module.parts)
+            continue
+        w = module.packed if getattr(module, "packed", None) is not None else module.weight.detach()
         if w.is_mkldnn:
             name = "onednn"
         else:
             plain = [t for t in times if t.split("-")[0] in kernels.KERNELS and "packed" not in t and (t.endswith("-bf16") == (dtype != "float32"))]
             name = min(plain, key=lambda t: times[t]).split("-")[0] if plain else "torch"
         b = None if module.bias is None else module.bias.detach()
-        plan.setdefault(stage or "other", []).append((torch.randn(m, k, generator=gen).to(module.weight.dtype), w, b, name))
+        plan.setdefault(stage or "other", []).append((x, w, b, name))
     out: dict[str, float] = {}
     with torch.no_grad():
         for stage, steps in plan.items():

@@ -133,8 +133,9 @@ class ServeEngine(AdapterServing):
         return engine
 
     def warm_up(self) -> None:
-        """Load the encoder and run the base once, so the first request pays neither."""
-        self.gen.embed(["warm up"])
+        """Load the encoder, run the hypernetwork (`Generator.warm_up`) and the base once, so the first request pays
+        none of them."""
+        self.gen.warm_up()
         with torch.no_grad():
             ids = torch.tensor([[self.pad_id]], device=self.device)
             self.model(input_ids=ids)

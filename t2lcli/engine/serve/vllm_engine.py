@@ -153,7 +153,7 @@ class VllmServeEngine(AdapterServing):
             engine.context = int(engine.llm.model_config.max_model_len)
         except AttributeError:
             pass
-        gen.embed(["warm up"])  # load the encoder now, so the first request does not pay for it
+        gen.warm_up()  # load the encoder and pack the heads now, so the first requests do not pay for it
         return engine
 
     # ---- adapters: a PEFT folder in the resolver's cache ---------------------------------------------------------
