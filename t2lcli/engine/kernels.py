@@ -16,15 +16,14 @@ within fp32 rounding whichever kernel runs (tests/test_kernels.py); the same ker
 bf16 is never chosen here (it changes results beyond fp32 tolerance); a module already in bf16 (the encoder under
 `dtype: auto` on a native-bf16 CPU) picks between torch's and oneDNN's bf16 GEMM the same way.
 
-Packing: a module configured `packable` (what a `Generator` runs: the text encoder and the hypernetwork) whose linear
-runs oneDNN has its weight reordered once into oneDNN's blocked layout *in place* (`KLinear.pack`: the plain weight is
-dropped, one copy stays, `release_pages`). A weight over 1/PACK_SHARE of its module's bytes (the hypernetwork's heads)
-packs in parts of output rows, each at most that large, whose plain pages go back part by part: the peak RSS grows by
-one part at most, and the outputs are the parts' side by side (the same dot products). oneDNN then skips reordering the weight on every call: on an Intel AMX
-Xeon 1.3-1.5x faster in fp32 and up to 2x in bf16 for a short description's rows, with the same bytes as oneDNN on
-the plain weight there for 2+ rows (within fp32 rounding on any CPU: tests/test_kernels.py).
-`auto` times a packable module's oneDNN candidate packed. Anything that needs the plain weight (state_dict, .to(),
-autograd) gets it back (`KLinear.unpack`), so checkpoints and training see the same parameters.
+Packing (`t2lcli.engine.packing`): a `packable` module's linear (what a `Generator` runs: text encoder, hypernetwork)
+that runs oneDNN has its weight reordered once into oneDNN's blocked layout *in place* (`KLinear.pack`: the plain weight
+is dropped, one copy stays, `release_pages`); a weight over 1/PACK_SHARE of its module's bytes (the heads) packs in
+parts of output rows, each that large at most, their plain pages handed back part by part (the peak RSS grows by one
+part at most), the outputs side by side. oneDNN then skips reordering the weight on every call: on an Intel AMX Xeon
+1.3-1.5x faster in fp32 and up to 2x in bf16 for a short description's rows, the same bytes as oneDNN on the plain
+weight for 2+ rows (within fp32 rounding on any CPU: tests/test_kernels.py). `auto` times a packable module's oneDNN
+candidate packed. Whatever needs the plain weight (state_dict, .to(), autograd) gets it back (`KLinear.unpack`).
 """
 
 from __future__ import annotations
@@ -42,6 +41,17 @@ from typing import Any, cast
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from t2lcli.engine.packing import (
+    PACK_MIN_BYTES,
+    PACK_ROWS,
+    PACK_SHARE,
+    pack_weight,
+    part_rows,
+    release_pages,
+    release_range,
+    storage_unshared,
+)
 
 KERNELS = ("torch", "onednn", "openblas")
 # what `auto` measures: OpenBLAS runs its own thread pool next to torch's OpenMP one; interleaved with torch ops on a
@@ -66,65 +76,6 @@ def available() -> list[str]:
     except ImportError:  # pragma: no cover - numpy is a dependency of torch's CPU wheels in practice
         pass
     return out
-
-
-# Packing holds both layouts of one weight (or part) for a moment, which is what a process's peak RSS sees; so a module
-# packs whole only weights up to 1/PACK_SHARE of its own parameter bytes (at least PACK_MIN_BYTES), larger ones in parts
-# of that size: the peak grows by under ~6%. In parts: the hypernetwork heads (19 MiB of a 34 MiB default net; the
-# Llama-8B shapes' 512 MiB q head: on a Zen 4 EPYC oneDNN packed ran it 1.2x faster than on the plain weight)
-PACK_SHARE = 16
-PACK_MIN_BYTES = 4 << 20
-PACK_ROWS = 32  # the row count oneDNN's packed layout is chosen for (the layout barely depends on it; results do not)
-
-
-def pack_weight(w: torch.Tensor) -> torch.Tensor:
-    """w [N, K] in oneDNN's blocked layout for `gemm(..., "onednn")` (a new tensor; `.to_dense()` gives w back)."""
-    return torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS)
-
-
-def release_pages(t: torch.Tensor) -> bool:
-    """Hand the memory pages of a tensor about to be dropped back to the OS (MADV_DONTNEED on the whole pages inside
-    it), where dropping it alone would not: a tensor read by safetensors' `load_file` lies in one private mapping of the
-    whole file, which goes only with its last tensor; a freed heap chunk stays in the process (glibc returns only the
-    heap's top), and a packed weight a little larger than the plain one cannot reuse it. Without this, packing the
-    Llama-8B shapes' bf16 encoder raised a cold `t2l generate`'s peak RSS by 100-280 MiB. Only when nothing else uses
-    the tensor's storage (its contents are never read again); pages shared with a neighbour are kept. Linux only;
-    returns whether pages were released."""
-    if t.device.type != "cpu" or not _unshared(t):
-        return False
-    return _dontneed(t.data_ptr(), t.numel() * t.element_size())
-
-
-def _unshared(t: torch.Tensor) -> bool:
-    """Nothing but `t` holds its storage (2: the tensor's own reference and this call's storage object)."""
-    return bool(torch._C._storage_Use_Count(t.untyped_storage()._cdata) <= 2)
-
-
-def _dontneed(start: int, nbytes: int) -> bool:
-    """MADV_DONTNEED on the whole pages inside [start, start + nbytes) (Linux only): their contents are gone."""
-    import ctypes
-    import mmap
-    import sys
-
-    if sys.platform != "linux":
-        return False
-    page = mmap.PAGESIZE
-    lo, hi = -(-start // page) * page, (start + nbytes) // page * page
-    if hi - lo < page:
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)) == 0  # MADV_DONTNEED
-    except (OSError, AttributeError):
-        return False
-
-
-def part_rows(n: int, k: int, element_size: int, cap: int) -> int:
-    """Output rows per packed part of an [n, k] weight whose parts may hold at most `cap` bytes each: n when the whole
-    weight fits, else a multiple of 64 rows (at least 64) that fits."""
-    if n * k * element_size <= cap:
-        return n
-    return max(64, cap // (k * element_size) // 64 * 64)
 
 
 def gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, kernel: str) -> torch.Tensor:
@@ -266,7 +217,7 @@ class KLinear(nn.Linear):
             if rows >= n:
                 self.packed = pack_weight(w)
             else:  # in parts: each part's plain pages go back as soon as it is packed, so the peak holds one part twice
-                release = w.device.type == "cpu" and _unshared(w)
+                release = w.device.type == "cpu" and storage_unshared(w)
                 parts: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
                 with torch.no_grad():
                     for start in range(0, n, rows):
@@ -274,7 +225,7 @@ class KLinear(nn.Linear):
                         part = w[start:end]
                         parts.append((end, pack_weight(part), None if self.bias is None else self.bias[start:end].detach().clone()))
                         if release:
-                            _dontneed(part.data_ptr(), part.numel() * part.element_size())
+                            release_range(part.data_ptr(), part.numel() * part.element_size())
                         del part
                 self.parts = parts
             release_pages(w)
