@@ -165,6 +165,17 @@ def test_load_reports_every_problem_at_once(tmp_path):
     assert "\n" not in msg
 
 
+def test_finite_factors_whose_delta_overflows_are_refused(tmp_path):
+    """Finite A and B whose scaling · B @ A leaves float32 (found by the adapter-folder fuzz: B at 3e38) are refused
+    like NaN/Inf; large but representable factors still load, and the delta they give is finite."""
+    p = "base_model.model.model.layers.0.self_attn.q_proj.lora_{}.weight"
+    cfg = peft_config(4, 8, ["q_proj"], "base")
+    with pytest.raises(AdapterFormatError, match=r"q_proj: scaling · lora_B @ lora_A overflows float32"):
+        load_adapter(_write(tmp_path / "huge", cfg, {p.format("A"): torch.ones(4, 8), p.format("B"): torch.full((8, 4), 3e38)}))
+    ok = load_adapter(_write(tmp_path / "big", cfg, {p.format("A"): torch.ones(4, 8), p.format("B"): torch.full((8, 4), 1e36)}))
+    assert torch.isfinite(ok.delta("base_model.model.model.layers.0.self_attn.q_proj")).all()
+
+
 def test_load_reports_config_and_file_problems_together(tmp_path):
     bad_cfg = {"peft_type": "IA3", "r": 0, "lora_alpha": "big"}
     with pytest.raises(AdapterFormatError) as info:

@@ -312,7 +312,8 @@ def load_adapter(path: Path | str, device: str = "cpu") -> Adapter:
     else:
         r = None
     if weights_read:  # a missing or unreadable file is already one problem; "no tensors" would repeat it
-        problems += _check_tensors(tensors, r)
+        scaling = effective_scaling(config) if config_read and r is not None and not problems else None
+        problems += _check_tensors(tensors, r, scaling)
     if problems:
         raise AdapterFormatError(format_problems(f"invalid adapter {path}", problems))
     return Adapter(config, tensors, read_adapter_meta(path))
@@ -330,7 +331,9 @@ def read_adapter_meta(path: Path | str) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _check_tensors(tensors: dict[str, torch.Tensor], r: int | None) -> list[str]:
+def _check_tensors(tensors: dict[str, torch.Tensor], r: int | None, scaling: float | None = None) -> list[str]:
+    """Problems of the LoRA tensors; with `scaling`, also a ΔW = scaling · B @ A that overflows float32 (finite
+    factors whose product is not: what a merge or a forward would compute)."""
     problems: list[str] = []
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
@@ -361,4 +364,16 @@ def _check_tensors(tensors: dict[str, torch.Tensor], r: int | None) -> list[str]
             problems.append(f"{prefix}: tensors must be float32, float16, bfloat16 or float64, got {names}")
         elif not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             problems.append(f"{prefix}: contains NaN or Inf")
+        elif scaling is not None and a.shape[0] == b.shape[1] and _delta_overflows(a, b, scaling):
+            problems.append(f"{prefix}: scaling · lora_B @ lora_A overflows float32 (ΔW would be Inf)")
     return problems
+
+
+def _delta_overflows(a: torch.Tensor, b: torch.Tensor, scaling: float) -> bool:
+    """Does scaling · B @ A leave float32's range? |ΔW_ij| <= |scaling| · r · max|A| · max|B|, so the product is
+    computed (in float64) only when that bound does not already rule an overflow out."""
+    limit = torch.finfo(torch.float32).max
+    bound = abs(scaling) * a.shape[0] * float(a.abs().max()) * float(b.abs().max())
+    if bound <= limit:
+        return False
+    return bool((scaling * (b.double() @ a.double())).abs().max() > limit)
