@@ -10,9 +10,10 @@ heads' skinny [32 x 2048] x [2048 x 65536] product ran 3-6x slower than oneDNN o
 
 Policy `auto` (the default; profile key `kernel`) picks, per GEMM shape (rows rounded up to a power of two, K, N),
 the fastest of them by a short measurement on the module's own weight, cached per machine fingerprint (CPU model and
-flags, torch and numpy versions, torch threads) in `$T2L_HOME/kernels.json`; GEMMs under `SMALL_FLOPS` stay on
-torch (nothing to gain, and tiny test models keep torch's bytes). A named policy forces one kernel. Results agree
-within fp32 rounding whichever kernel runs (tests/test_kernels.py); the same kernel gives the same bytes every run.
+flags, torch and numpy versions, torch threads) in `$T2L_HOME/kernels.json` (`t2lcli.engine.kernel_cache`); GEMMs
+under `SMALL_FLOPS` stay on torch (nothing to gain, and tiny test models keep torch's bytes). A named policy forces
+one kernel. Results agree within fp32 rounding whichever kernel runs (tests/test_kernels.py); the same kernel gives
+the same bytes every run.
 bf16 is never chosen here (it changes results beyond fp32 tolerance); a module already in bf16 (the encoder under
 `dtype: auto` on a native-bf16 CPU) picks between torch's and oneDNN's bf16 GEMM the same way.
 
@@ -29,19 +30,25 @@ candidate packed. Whatever needs the plain weight (state_dict, .to(), autograd) 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from t2lcli.engine.kernel_cache import (  # noqa: F401 - re-exported: kernels.cache_path() etc.
+    GEMM_FLAGS,
+    SCHEMA,
+    cache_path,
+    cpu_model_and_flags,
+    fingerprint,
+    fingerprint_key,
+    read_cache,
+    save_choice,
+)
 from t2lcli.engine.packing import (
     PACK_MIN_BYTES,
     PACK_ROWS,
@@ -60,8 +67,6 @@ AUTO_KERNELS = ("torch", "onednn")
 POLICIES = ("auto", *KERNELS)
 SMALL_FLOPS = 1 << 21  # 2*M*K*N below this: torch (a MiniLM q/k/v/o over 15 tokens is ~4.4M)
 MEASURE_FLOPS = 8e9  # a measurement uses at most this many FLOPs per call (rows capped), ~0.1-0.3 s on 2 cores
-SCHEMA = "t2l-kernels/1"
-GEMM_FLAGS = {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16"}
 
 
 def available() -> list[str]:
@@ -288,44 +293,7 @@ def configure(module: nn.Module, policy: str, stage: str | None = None, packable
     return n
 
 
-# ------------------------------------------------------------------------------------------------ machine + cache
-
-
-def cpu_model_and_flags() -> tuple[str, list[str]]:
-    """The CPU model name and the ISA flags that decide GEMM speed (from /proc/cpuinfo; platform otherwise)."""
-    import platform
-
-    model = ""
-    flags: list[str] = []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                have = set(line.split(":", 1)[1].split())
-                flags = sorted(f for f in have if f in GEMM_FLAGS)
-    except OSError:
-        pass
-    return model or platform.processor() or platform.machine(), flags
-
-
-def fingerprint() -> dict[str, Any]:
-    """What a cached choice is valid for."""
-    import numpy
-
-    model, flags = cpu_model_and_flags()
-    return {"cpu": model, "flags": flags, "cores": os.cpu_count(), "torch": torch.__version__, "numpy": numpy.__version__,
-            "threads": torch.get_num_threads()}
-
-
-def _key(fp: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def cache_path() -> Path:
-    from t2lcli.registry import t2l_home
-
-    return t2l_home() / "kernels.json"
+# ------------------------------------------------------------------------------------------------ the cached choices
 
 
 _CHOICES: dict[str, dict[str, str]] = {}  # fingerprint key -> {"rows:K:N": kernel}
@@ -335,43 +303,18 @@ _FP: list[Any] = [None, None]  # (threads, key): the fingerprint is recomputed o
 def _current_key() -> str:
     threads = torch.get_num_threads()
     if _FP[0] != threads:
-        _FP[0], _FP[1] = threads, _key(fingerprint())
+        _FP[0], _FP[1] = threads, fingerprint_key(fingerprint())
     return str(_FP[1])
-
-
-def _read_cache() -> dict[str, Any]:
-    try:
-        data = json.loads(cache_path().read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) and data.get("schema") == SCHEMA else {"schema": SCHEMA, "machines": {}}
-    except (OSError, ValueError):
-        return {"schema": SCHEMA, "machines": {}}
 
 
 def _table(key: str) -> dict[str, str]:
     table = _CHOICES.get(key)
     if table is None:
-        entry = _read_cache().get("machines", {}).get(key) or {}
+        entry = read_cache().get("machines", {}).get(key) or {}
         table = {s: c["kernel"] for s, c in (entry.get("choices") or {}).items()
                  if isinstance(c, dict) and c.get("kernel") in AUTO_KERNELS and c.get("kernel") in available()}
         _CHOICES[key] = table
     return table
-
-
-def _save_choice(key: str, shape: str, kernel: str, times: dict[str, float]) -> None:
-    """Merge one choice into $T2L_HOME/kernels.json (locked, atomic); a read-only home only loses the cache."""
-    from t2lcli.engine.atomic import atomic_write_bytes, file_lock
-
-    path = cache_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(path.with_name(".kernels.lock")):
-            data = _read_cache()
-            entry = data.setdefault("machines", {}).setdefault(key, {"fingerprint": fingerprint(), "choices": {}})
-            entry.setdefault("choices", {})[shape] = {"kernel": kernel, "ms": {k: round(v * 1000, 3) for k, v in times.items()},
-                                                      "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
-    except OSError:
-        pass
 
 
 def bucket(rows: int) -> int:
@@ -433,7 +376,7 @@ def choose(rows: int, k: int, n: int, w: torch.Tensor, b: torch.Tensor | None, p
                         rows_per_part=rows_per_part)
         kernel = min(times, key=lambda name: times[name])
         table[shape] = kernel
-        _save_choice(key, shape, kernel, times)
+        save_choice(key, shape, kernel, times)
     return kernel
 
 
