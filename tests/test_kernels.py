@@ -427,3 +427,62 @@ def test_auto_packable_choice_does_not_depend_on_what_ran_before(monkeypatch: py
         after = warm(short)
     assert torch.equal(alone, after)
     assert set(picked) == {kernels.PACK_ROWS}  # one choice per packable weight, at the packing row count
+
+
+ACTS = {"": lambda t: t, "gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), "silu": F.silu, "relu": F.relu}
+
+
+@pytest.mark.parametrize("kernel", AVAILABLE)
+@pytest.mark.parametrize("packable", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_epilogues_match_the_separate_ops(kernel: str, packable: bool, dtype: torch.dtype) -> None:
+    """`KLinear.fused(x, act, add)` (oneDNN: the activation or the add is the GEMM's post-op) gives act(linear(x)) + add
+    within rounding on every kernel, packed or not, fp32 and bf16; the same call gives the same bytes; with autograd on
+    it is the separate ops and gradients flow. A wrong activation or a missing add is off by far more than rounding."""
+    if packable and kernel != "onednn":
+        pytest.skip("only oneDNN packs")
+    if dtype == torch.bfloat16 and kernel == "openblas":
+        pytest.skip("OpenBLAS has no bf16 GEMM (a bf16 module runs torch's or oneDNN's)")
+    torch.manual_seed(0)
+    lin = kernels.KLinear(384, 1536).to(dtype)
+    plain, bias = lin.weight.detach().clone(), lin.bias.detach().clone()
+    kernels.configure(lin, kernel, "encoder", packable=packable)
+    x = torch.randn(2, 7, 384).to(dtype)
+    res = torch.randn(2, 7, 1536).to(dtype)
+    # bf16: the fused epilogue rounds once where the separate ops round after the GEMM and again after the epilogue
+    tol = 2 ** -6 if dtype == torch.bfloat16 else None
+    with torch.no_grad():
+        for act, fn in ACTS.items():
+            for add in (None, res):
+                want = fn(F.linear(x.float(), plain.float(), bias.float()))
+                want = want if add is None else want + add.float()
+                got = lin.fused(x, act, add)
+                assert got.shape == (2, 7, 1536) and got.dtype == dtype
+                if tol is None:
+                    assert_close(got, want, depth=2, msg=f"{kernel} act={act!r} add={add is not None}")
+                else:
+                    assert float((got.float() - want).abs().max()) <= tol * float(want.abs().max()), (kernel, act, add is not None)
+                assert torch.equal(lin.fused(x, act, add), got)
+        assert packable == (lin.packed is not None)
+    if dtype == torch.float32:
+        y = lin.fused(x, "silu", res)
+        assert lin.packed is None and y.requires_grad
+        y.sum().backward()
+        assert lin.weight.grad is not None
+
+
+def test_hypernet_inference_trunk_fuses_and_matches_the_modules(tiny_checkpoint_dir: Path) -> None:
+    """The L hypernetwork's inference trunk (`_fused`: each KLinear + SiLU one call, the residual sums in place) gives
+    the nn.Sequential modules' own forward within fp32 rounding, under every kernel policy."""
+    from t2lcli.engine.checkpoint import load_checkpoint
+    from t2lcli.engine.hypernet import _fused, _fused_residual
+
+    net = load_checkpoint(str(tiny_checkpoint_dir)).hypernet.eval()
+    m = net.config.latent
+    x = torch.randn(3, 5, m, generator=torch.Generator().manual_seed(1))
+    for kernel in AVAILABLE:
+        kernels.configure(net, kernel)
+        with torch.no_grad():
+            want = net.mlp3(net.mlp2(net.mlp1(net.mixer(x))))
+            got = _fused(net.mlp3, _fused_residual(net.mlp2, _fused_residual(net.mlp1, _fused(net.mixer, x))))
+        assert_close(got, want, depth=3, msg=kernel)

@@ -23,7 +23,8 @@ from torch.nn import functional as F
 from t2lcli.engine.kernels import KLinear
 from t2lcli.errors import ModelNotFoundError, format_problems
 
-_ACTS = {"gelu": F.gelu, "relu": F.relu, "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
+# config hidden_act -> the `KLinear.fused` activation (a post-op of the up projection's GEMM on oneDNN)
+_ACTS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh"}
 
 
 def supports(folder: Path, trust_remote_code: bool = False) -> bool:
@@ -53,7 +54,7 @@ class _Layer(nn.Module):
         self.up = KLinear(h, inter)
         self.down = KLinear(inter, h)
         self.ln2 = nn.LayerNorm(h, eps=eps)
-        self.act: Any = _ACTS[act]
+        self.act = _ACTS[act]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, t, h = x.shape
@@ -63,8 +64,9 @@ class _Layer(nn.Module):
             return y.view(b, t, self.heads, d).transpose(1, 2)
 
         att = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)), attn_mask=mask)
-        x = self.ln1(x + self.o(att.transpose(1, 2).reshape(b, t, h)))
-        return self.ln2(x + self.down(self.act(self.up(x))))
+        # the residual adds and the activation are the GEMMs' epilogues (`KLinear.fused`): on oneDNN one op each
+        x = self.ln1(self.o.fused(att.transpose(1, 2).reshape(b, t, h), add=x))
+        return self.ln2(self.down.fused(self.up.fused(x, self.act), add=x))
 
     def forward_rows(self, xs: torch.Tensor, keep: torch.Tensor, b: int, t: int, mask: torch.Tensor) -> torch.Tensor:
         """The same layer on the real tokens only: xs [n, H] (the rows `keep` of the padded [b*t, H]). Every linear,
@@ -78,8 +80,8 @@ class _Layer(nn.Module):
             return full.view(b, t, self.heads, d).transpose(1, 2)
 
         att = F.scaled_dot_product_attention(padded(self.q(xs)), padded(self.k(xs)), padded(self.v(xs)), attn_mask=mask)
-        xs = self.ln1(xs + self.o(att.transpose(1, 2).reshape(b * t, h).index_select(0, keep)))
-        return self.ln2(xs + self.down(self.act(self.up(xs))))
+        xs = self.ln1(self.o.fused(att.transpose(1, 2).reshape(b * t, h).index_select(0, keep), add=xs))
+        return self.ln2(self.down.fused(self.up.fused(xs, self.act), add=xs))
 
 
 class BertEncoder(nn.Module):

@@ -151,6 +151,26 @@ class _Residual(nn.Module):
         return x + self.mlp(x)
 
 
+def _fused(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """`seq(x)` in eval mode, each KLinear followed by a SiLU as one `KLinear.fused` call (on oneDNN the SiLU is the
+    GEMM's post-op: one op instead of two; Dropout is the identity in eval mode)."""
+    mods = [m for m in seq if not isinstance(m, nn.Dropout)]
+    i = 0
+    while i < len(mods):
+        m = mods[i]
+        if isinstance(m, KLinear) and i + 1 < len(mods) and isinstance(mods[i + 1], nn.SiLU):
+            x, i = m.fused(x, "silu"), i + 2
+        else:
+            x, i = m(x), i + 1
+    return x
+
+
+def _fused_residual(block: _Residual, x: torch.Tensor) -> torch.Tensor:
+    """`block(x)` in eval mode through `_fused` (the sum into the fresh output when no gradient is recorded)."""
+    y = _fused(block.mlp, x)
+    return y.add_(x) if not torch.is_grad_enabled() else x + y
+
+
 class _TaskEncoder(nn.Module):
     def __init__(self, emb_dim: int, out: int) -> None:
         super().__init__()
@@ -353,7 +373,7 @@ class HyperLoRA(nn.Module):
         mtype = self.layer_type_encoder(torch.arange(len(mods), device=z.device))  # [T, Ty]
         x = torch.cat([z[:, None, None, :].expand(b, len(mods), n, -1), depth[None, None].expand(b, len(mods), n, -1),
                        mtype[None, :, None].expand(b, len(mods), n, -1)], dim=-1)
-        u = self.mlp3(self.mlp2(self.mlp1(self.mixer(x))))  # [B, T, L, head_in]
+        u = _fused(self.mlp3, _fused_residual(self.mlp2, _fused_residual(self.mlp1, _fused(self.mixer, x))))  # [B, T, L, head_in]
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for i, mod in enumerate(mods):
             d_in, d_out = c.module_dims[mod]

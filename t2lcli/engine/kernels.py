@@ -83,17 +83,38 @@ def available() -> list[str]:
     return out
 
 
-def gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, kernel: str) -> torch.Tensor:
-    """x [M, K] @ w[N, K]ᵀ (+ b) on the CPU with the named kernel (no gradient); `torch-*` names run F.linear;
-    a packed weight (`pack_weight`) runs on oneDNN whatever the name."""
+# `KLinear.fused`'s epilogues: oneDNN applies them to the GEMM's output as post-ops (one op, the output written once);
+# every other kernel runs the same functions after its GEMM
+_ONEDNN_ACT = {"": ("none", ""), "gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh"), "silu": ("swish", ""), "relu": ("relu", "")}
+_TORCH_ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu, "gelu_tanh": functools.partial(F.gelu, approximate="tanh"), "silu": F.silu, "relu": F.relu}
+
+
+def post(y: torch.Tensor, act: str = "", add: torch.Tensor | None = None) -> torch.Tensor:
+    """The unfused epilogue: `act(y) + add` (each optional)."""
+    if act:
+        y = _TORCH_ACT[act](y)
+    return y if add is None else y + add
+
+
+def gemm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, kernel: str, act: str = "",
+         add: torch.Tensor | None = None) -> torch.Tensor:
+    """act(x [M, K] @ w[N, K]ᵀ (+ b)) (+ add [M, N]) on the CPU with the named kernel (no gradient); `torch-*` names
+    run F.linear; a packed weight (`pack_weight`) runs on oneDNN whatever the name; on oneDNN the activation or the add
+    is the GEMM's post-op (the same math up to fp32 rounding: the tanh GELU and SiLU differ from torch's by an ulp)."""
     if kernel == "onednn" or w.is_mkldnn:
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), w, b, "none", [], "")
+        x = x.contiguous()
+        if add is not None and not act and add.dtype == x.dtype:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, add.contiguous(), w, b, "add")
+        attr, algorithm = _ONEDNN_ACT[act]
+        y = torch.ops.mkldnn._linear_pointwise(x, w, b, attr, [], algorithm)
+        return post(y, "", add)
     if kernel == "openblas":
         import numpy as np
 
         y = torch.from_numpy(np.matmul(x.detach().numpy(), w.detach().numpy().T))
-        return y.add_(b) if b is not None else y
-    return F.linear(x, w, b)
+        return post(y.add_(b) if b is not None else y, act, add)
+    return post(F.linear(x, w, b), act, add)
 
 
 # ------------------------------------------------------------------------------------------------ stage timing
@@ -125,13 +146,18 @@ class KLinear(nn.Linear):
     parts: list[tuple[int, torch.Tensor, torch.Tensor | None]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused(x)
+
+    def fused(self, x: torch.Tensor, act: str = "", add: torch.Tensor | None = None) -> torch.Tensor:
+        """`act(self(x)) + add` (act: "", "gelu", "gelu_tanh", "silu" or "relu"; add: the output's shape): one call on
+        oneDNN (post-ops), the separate ops on any other kernel and under autograd."""
         if (self.packed is not None or self.parts is not None) and (torch.is_grad_enabled() or x.device.type != "cpu"):
             self.unpack()  # autograd or another device: the plain weight again
         if self.parts is not None:
-            return self._forward_parts(x)
+            return post(self._forward_parts(x), act, add)
         w = self.weight if self.packed is None else self.packed
         if self.packed is None and ((self.policy == "torch" and _TIMING is None) or torch.is_grad_enabled() or x.device.type != "cpu"):
-            return F.linear(x, w, self.bias)
+            return post(F.linear(x, w, self.bias), act, add)
         k = x.shape[-1]
         x2 = x.reshape(-1, k)
         label = ""
@@ -146,19 +172,20 @@ class KLinear(nn.Linear):
             else:
                 kernel = "onednn" if self.policy == "onednn" else "torch"
         elif _TIMING is None:
-            return F.linear(x, w, self.bias)
+            return post(F.linear(x, w, self.bias), act, add)
         else:
             kernel, label = "torch", f"-{str(w.dtype).removeprefix('torch.')}"
         if kernel == "onednn" and self.packable and self.packed is None and self._pack_now(x2.shape[0], w):
             self.pack()
             if self.parts is not None:
-                return self._forward_parts(x)
+                return post(self._forward_parts(x), act, add)
             w, label = cast(torch.Tensor, self.packed), "-packed" + label
+        add2 = None if add is None else add.reshape(-1, w.shape[0])
         if _TIMING is None:
-            y = gemm(x2, w, self.bias, kernel)
+            y = gemm(x2, w, self.bias, kernel, act, add2)
         else:
             t0 = time.perf_counter()
-            y = gemm(x2, w, self.bias, kernel)
+            y = gemm(x2, w, self.bias, kernel, act, add2)
             _TIMING.append((self.stage, x2.shape[0], k, w.shape[0], kernel + label, time.perf_counter() - t0, self))
         return y.view(*x.shape[:-1], w.shape[0])
 
