@@ -25,6 +25,9 @@ part at most), the outputs side by side. oneDNN then skips reordering the weight
 1.3-1.5x faster in fp32 and up to 2x in bf16 for a short description's rows, the same bytes as oneDNN on the plain
 weight for 2+ rows (within fp32 rounding on any CPU: tests/test_kernels.py). `auto` times a packable module's oneDNN
 candidate packed. Whatever needs the plain weight (state_dict, .to(), autograd) gets it back (`KLinear.unpack`).
+
+Epilogues (`KLinear.fused(x, act, add)`): on oneDNN an activation or a residual sum is the GEMM's post-op (one op,
+the output written once); on any other kernel, under autograd or off the CPU, the separate ops.
 """
 
 from __future__ import annotations
