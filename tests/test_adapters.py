@@ -125,6 +125,21 @@ def test_failure_mid_write_leaves_nothing(tiny_base_dir, tmp_path, monkeypatch, 
     assert _leftovers(tmp_path) == []
 
 
+def test_ctrl_c_while_the_temporary_is_being_held_leaves_nothing(tiny_base_dir, tmp_path, monkeypatch):
+    """A Ctrl-C that lands right after the temporary folder is made (while its lock is taken, before anything is
+    written) removes it too: found as a `.t2l-tmp-*` the batch Ctrl-C test saw left behind on one fresh-clone run."""
+    import t2lcli.engine.atomic as atomic_mod
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic_mod, "_hold", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_adapter(_adapter(tiny_base_dir), tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    assert _leftovers(tmp_path) == []
+
+
 def _write(folder: Path, config: object | str | None, tensors: dict[str, torch.Tensor] | bytes | None) -> Path:
     from safetensors.torch import save_file
 

@@ -229,12 +229,13 @@ def atomic_dir(target: Path | str, force: bool = False, *, cache: bool = False) 
         raise T2LError(f"cannot create output folder {parent}: {exc.strerror}") from None
     _sweep_once(parent)
     tmp = parent / f"{TMP_MARK}{target.name[:100]}-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        tmp.mkdir()
-    except OSError as exc:
-        raise T2LError(f"cannot write to {parent}: {exc.strerror}") from None
-    held = _hold(tmp)
-    try:
+    held = None
+    try:  # from mkdir on: a Ctrl-C while the temporary is being held (not only while it is filled) still removes it
+        try:
+            tmp.mkdir()
+        except OSError as exc:
+            raise T2LError(f"cannot write to {parent}: {exc.strerror}") from None
+        held = _hold(tmp)
         yield tmp
         _fsync_tree(tmp)
         _move_into_place(tmp, target, force)
